@@ -1,0 +1,47 @@
+# Expie Gateway — the two commands a newcomer needs are `make demo` and `make test`.
+# Every target bootstraps .venv on first use and is quick when nothing changed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+REDIS_URL ?= redis://127.0.0.1:6379/0
+export REDIS_URL
+
+.PHONY: help demo test lint unit bench venv clean
+
+help:
+	@echo "make demo   start the simulator with live activity and print example calls"
+	@echo "make test   lint, make sure Redis answers, run the whole test suite"
+	@echo "make lint   ruff + mypy --strict"
+	@echo "make bench  run every benchmark under bench/ (JSON to stdout and bench/results/)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/expie-sim --config config/simulator.yaml --activity 20 --demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway simulator tests bench
+	$(BIN)/mypy --strict gateway simulator
+
+test: $(STAMP) lint
+	scripts/ensure-redis.sh
+	$(BIN)/pytest -q
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+bench: $(STAMP)
+	@mkdir -p bench/results
+	@set -e; for module in bench.simulator_rest; do \
+		echo ">>> $$module" >&2; $(BIN)/python -m $$module; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .run

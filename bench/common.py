@@ -1,0 +1,268 @@
+"""Pieces every benchmark shares: free loopback ports, server subprocesses, wrk runs, results.
+
+Servers run as subprocesses on 127.0.0.1 only and are stopped by their PID. Load comes from
+``wrk``; its text output is parsed here and nowhere else. Results go to ``bench/results/``.
+Nothing here imports the gateway or the simulator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+WRK_INSTALL = "apt-get install -y --no-install-recommends wrk"
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run (missing tool, server that never answered, bad wrk output)."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def env_number(name: str, default: float, low: float, high: float) -> float:
+    """A number from the environment, clamped to ``[low, high]`` so runs stay bounded."""
+    text = os.environ.get(name)
+    value = float(text) if text else default
+    return min(high, max(low, value))
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+def wait_ready(server: Server, headers: Mapping[str, str], timeout: float = 30.0) -> bytes:
+    """Poll ``server.url`` until it answers 200; return that body. Fails if the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise BenchError(f"{server.name} exited: {server.log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            request = urllib.request.Request(server.url, headers=dict(headers))
+            with urllib.request.urlopen(request, timeout=2) as response:
+                body: bytes = response.read()
+                if response.status == 200:
+                    return body
+        time.sleep(0.1)
+    raise BenchError(f"{server.name} did not answer 200 on {server.url} within {timeout} s")
+
+
+def stop(server: Server, timeout: float = 10.0) -> None:
+    """SIGTERM the server's PID, then SIGKILL it if it has not exited within ``timeout``."""
+    if server.process.poll() is not None:
+        return
+    os.kill(server.process.pid, signal.SIGTERM)
+    try:
+        server.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def running(
+    name: str, command: Sequence[str], url: str, headers: Mapping[str, str]
+) -> Iterator[tuple[Server, bytes]]:
+    """Start ``command`` (from the repository root), wait until ``url`` answers, stop it after."""
+    log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
+    with log.open("wb") as sink:
+        process = subprocess.Popen(list(command), cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+    server = Server(name, process, url, log)
+    try:
+        yield server, wait_ready(server, headers)
+    finally:
+        stop(server)
+        log.unlink(missing_ok=True)
+
+
+# --- wrk -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+    server_cpu_us_per_request: float | None = None
+
+
+def ensure_wrk() -> str:
+    """The path of ``wrk``; installs it with apt-get when running as root, else explains how."""
+    path = shutil.which("wrk")
+    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"wrk is missing: running {WRK_INSTALL}", file=sys.stderr)
+        for command in ("apt-get update -qq", WRK_INSTALL):
+            subprocess.run(command.split(), check=False, capture_output=True, timeout=600)
+        path = shutil.which("wrk")
+    if path is None:
+        raise BenchError(f"wrk is not installed; install it with: sudo {WRK_INSTALL}")
+    return path
+
+
+def wrk_version(wrk: str) -> str:
+    done = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False,
+                          timeout=10)
+    first = (done.stdout or done.stderr).splitlines()
+    return first[0].split(" Copyright")[0] if first else "unknown"
+
+
+def run_wrk(
+    wrk: str, url: str, *, threads: int, connections: int, duration: float,
+    headers: Mapping[str, str] | None = None,
+) -> WrkResult:
+    command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{int(duration)}s", "--latency"]
+    for key, value in (headers or {}).items():
+        command += ["-H", f"{key}: {value}"]
+    done = subprocess.run([*command, url], capture_output=True, text=True, check=False,
+                          timeout=duration + 60)
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
+    return parse_wrk(done.stdout)
+
+
+def load_server(
+    wrk: str, server: Server, *, threads: int, connections: int, duration: float,
+    headers: Mapping[str, str] | None = None,
+) -> WrkResult:
+    """``run_wrk`` against ``server``, adding the server's CPU time per request.
+
+    CPU time per request stays steady when other processes compete for the cores, where
+    requests per second do not: it is the figure to trust on a busy machine.
+    """
+    before = cpu_seconds(server.process.pid)
+    result = run_wrk(wrk, server.url, threads=threads, connections=connections,
+                     duration=duration, headers=headers)
+    spent = cpu_seconds(server.process.pid) - before
+    per_request = round(spent / result.requests * 1e6, 1) if result.requests else None
+    return dataclasses.replace(result, server_cpu_us_per_request=per_request)
+
+
+def parse_wrk(text: str) -> WrkResult:
+    """Requests/sec, the 50% and 99% latencies, and the error counts of ``wrk --latency``."""
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    total = re.search(r"(\d+) requests in", text)
+    if rate is None or total is None:
+        raise BenchError(f"unexpected wrk output:\n{text}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                        text)
+    return WrkResult(
+        requests_per_s=float(rate.group(1)),
+        p50_ms=_percentile(text, "50"),
+        p99_ms=_percentile(text, "99"),
+        requests=int(total.group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in sockets.groups()) if sockets else 0,
+    )
+
+
+def _percentile(text: str, percent: str) -> float:
+    found = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.MULTILINE)
+    if found is None:
+        raise BenchError(f"no {percent}% latency in wrk output (was --latency given?)")
+    return round(float(found.group(1)) * _UNITS[found.group(2)], 3)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Medians over rounds, with every round kept for the record."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float | None
+    failures: int
+    rounds: tuple[WrkResult, ...]
+
+    @classmethod
+    def of(cls, rounds: Sequence[WrkResult]) -> Summary:
+        return cls(
+            requests_per_s=round(statistics.median(r.requests_per_s for r in rounds), 1),
+            p50_ms=round(statistics.median(r.p50_ms for r in rounds), 3),
+            p99_ms=round(statistics.median(r.p99_ms for r in rounds), 3),
+            cpu_us_per_request=_median_or_none([r.server_cpu_us_per_request for r in rounds]),
+            failures=sum(r.non_2xx + r.socket_errors for r in rounds),
+            rounds=tuple(rounds),
+        )
+
+    def to_wire(self) -> dict[str, object]:
+        return {"requests_per_s": self.requests_per_s, "p50_ms": self.p50_ms,
+                "p99_ms": self.p99_ms, "server_cpu_us_per_request": self.cpu_us_per_request,
+                "failed_requests": self.failures,
+                "rounds": [asdict(r) for r in self.rounds]}
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return round(statistics.median(known), 1) if known else None
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+def write_result(name: str, result: Mapping[str, object]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def bar_chart(name: str, title: str, bars: Mapping[str, float], unit: str) -> Path | None:
+    """A PNG bar chart in ``bench/results/`` when matplotlib is importable; ``None`` otherwise."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    import matplotlib  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+
+    figure, axes = pyplot.subplots(figsize=(5, 3.5))
+    axes.bar(list(bars), list(bars.values()), color=["#4472c4", "#a5a5a5"][: len(bars)])
+    axes.set_ylabel(unit)
+    axes.set_title(title)
+    path = RESULTS / f"{name}.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return path

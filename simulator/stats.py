@@ -1,0 +1,16 @@
+"""Request counters for ``GET /_sim/stats``: how many calls each REST route template received."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class RestCounters:
+    def __init__(self) -> None:
+        self._by_route: Counter[str] = Counter()
+
+    def count(self, method: str, template: str) -> None:
+        self._by_route[f"{method} {template}"] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self._by_route)
