@@ -16,7 +16,7 @@ from simulator.control import setup_control_routes
 from simulator.engine.exchange import Exchange
 from simulator.faults import Faults
 from simulator.keys import ACCOUNTS_BY_TOKEN, CONFIG, COUNTERS, EXCHANGE, FAULTS, WS_SERVER
-from simulator.rest import setup_routes, v1_middleware
+from simulator.rest import setup_routes
 from simulator.stats import RestCounters
 from simulator.ws.server import WsServer
 
@@ -37,7 +37,7 @@ def create_app(
     config: SimConfig, *, seed: int = 0, activity: float = 0.0,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
-    app = web.Application(middlewares=[v1_middleware])
+    app = web.Application()
     exchange = build_exchange(config, clock)
     faults = Faults(rng=random.Random(seed))
     app[CONFIG] = config

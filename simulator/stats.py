@@ -9,8 +9,9 @@ class RestCounters:
     def __init__(self) -> None:
         self._by_route: Counter[str] = Counter()
 
-    def count(self, method: str, template: str) -> None:
-        self._by_route[f"{method} {template}"] += 1
+    def count(self, route: str) -> None:
+        """One more call of ``route``, named ``"<METHOD> <route template>"``."""
+        self._by_route[route] += 1
 
     def snapshot(self) -> dict[str, int]:
         return dict(self._by_route)
