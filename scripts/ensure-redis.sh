@@ -11,13 +11,15 @@ hostport=${hostport%%/*}
 host=${hostport%%:*}
 port=${hostport##*:}
 [ "$port" = "$hostport" ] && port=6379
-run_dir=.run
+project=$(cd "$(dirname "$0")/.." && pwd)
+run_dir=${REDIS_RUN_DIR:-$project/.run}
 
 answers() {
   if command -v redis-cli >/dev/null 2>&1; then
     [ "$(redis-cli -h "$host" -p "$port" ping 2>/dev/null)" = "PONG" ]
   else
-    .venv/bin/python -c "import redis,sys; redis.Redis.from_url(sys.argv[1], socket_timeout=1).ping()" "$url" 2>/dev/null
+    "$project/.venv/bin/python" -c \
+      "import redis,sys; redis.Redis.from_url(sys.argv[1], socket_timeout=1).ping()" "$url" 2>/dev/null
   fi
 }
 
@@ -40,7 +42,7 @@ fi
 mkdir -p "$run_dir"
 echo "redis: starting redis-server on 127.0.0.1:$port"
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
-  --pidfile "$PWD/$run_dir/redis-$port.pid" --logfile "$PWD/$run_dir/redis-$port.log"
+  --pidfile "$run_dir/redis-$port.pid" --logfile "$run_dir/redis-$port.log"
 
 for _ in $(seq 1 50); do
   if answers; then echo "redis: answering at $host:$port"; exit 0; fi

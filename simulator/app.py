@@ -13,7 +13,7 @@ from aiohttp import web
 from simulator.activity import Activity
 from simulator.config import SimConfig
 from simulator.control import setup_control_routes
-from simulator.engine.exchange import Exchange
+from simulator.engine.opening import open_exchange
 from simulator.faults import Faults
 from simulator.keys import ACCOUNTS_BY_TOKEN, CONFIG, COUNTERS, EXCHANGE, FAULTS, WS_SERVER
 from simulator.rest import setup_routes
@@ -21,24 +21,12 @@ from simulator.stats import RestCounters
 from simulator.ws.server import WsServer
 
 
-def build_exchange(config: SimConfig, clock: Callable[[], float] = time.time) -> Exchange:
-    """An exchange holding the configured accounts' fee rates and starting balances."""
-    exchange = Exchange(config, clock)
-    for account in config.accounts:
-        if account.fee_rates is not None:
-            exchange.set_fee_rates(account.user_id, account.fee_rates)
-        for asset, amount in account.balances.items():
-            if amount > 0:
-                exchange.deposit(account.user_id, asset, amount, exchange.next_business_id())
-    return exchange
-
-
 def create_app(
     config: SimConfig, *, seed: int = 0, activity: float = 0.0,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     app = web.Application()
-    exchange = build_exchange(config, clock)
+    exchange = open_exchange(config, clock)
     faults = Faults(rng=random.Random(seed))
     app[CONFIG] = config
     app[EXCHANGE] = exchange

@@ -16,8 +16,11 @@ from simulator.config import FeeRates, parse_config
 from simulator.engine.errors import EngineError
 from simulator.engine.exchange import Exchange
 from simulator.engine.model import Order, Role, Side
+from simulator.engine.opening import open_exchange
+from tests.engine_support import FakeClock, observable_state
 
 SELLER, BUYER, CAROL, DAVE, BROKE = 1, 2, 3, 4, 5
+USERS = (SELLER, BUYER, CAROL, DAVE, BROKE)
 SELL, BUY = int(Side.SELL), int(Side.BUY)
 START = 1_700_000_000.0
 
@@ -52,33 +55,14 @@ CONFIG: dict[str, Any] = {
 }
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture
 def ex(clock: FakeClock) -> Exchange:
-    config = parse_config(CONFIG)
-    exchange = Exchange(config, clock)
-    for account in config.accounts:
-        if account.fee_rates is not None:
-            exchange.set_fee_rates(account.user_id, account.fee_rates)
-        for asset, amount in account.balances.items():
-            exchange.deposit(account.user_id, asset, amount, exchange.next_business_id())
-    return exchange
+    return open_exchange(parse_config(CONFIG), clock)
 
 
 def bal(ex: Exchange, user: int, asset: str) -> tuple[Decimal, Decimal]:
@@ -89,24 +73,12 @@ def D(text: str) -> Decimal:  # reads like a literal
     return Decimal(text)
 
 
-def snapshot(ex: Exchange) -> object:
-    """Everything a rejected call must leave alone."""
-    keys = ex.balances.keys()
-    return (
-        {key: (ex.balances.available(*key), ex.balances.frozen(*key)) for key in keys},
-        {key: len(ex.balances.history(*key)) for key in keys},
-        dict(ex.collected_fees),
-        sorted((o.id, o.left, o.deal_stock, o.mtime) for o in ex.resting_orders()),
-        {name: (state.depth(100, D("0")), len(state.tape)) for name, state in ex.markets.items()},
-    )
-
-
 def rejected(ex: Exchange, call: Callable[..., object], *args: object) -> EngineError:
     """The error ``call(*args)`` raises; it must leave everything as it was."""
-    before = snapshot(ex)
+    before = observable_state(ex, USERS)
     with pytest.raises(EngineError) as caught:
         call(*args)
-    assert snapshot(ex) == before
+    assert observable_state(ex, USERS) == before
     return caught.value
 
 

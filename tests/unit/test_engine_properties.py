@@ -24,6 +24,7 @@ from simulator.config import FeeRates, load_config
 from simulator.engine.errors import EngineError
 from simulator.engine.exchange import Exchange
 from simulator.engine.model import Order, OrderType, Side
+from tests.engine_support import FakeClock, observable_state
 
 # Passing takes seconds; a failure may need a minute or more to shrink to a short script.
 pytestmark = pytest.mark.timeout(600)
@@ -53,30 +54,6 @@ ASSETS = sorted(CONFIG.assets)
 # Codes a random but well-formed call may legitimately get back.
 PUT_CODES = {1, 10, 11, 12}
 CANCEL_CODES = {10, 11}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_600_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def snapshot(ex: Exchange) -> object:
-    """What a user could observe; a rejected call must leave all of it as it was."""
-    keys = ex.balances.keys()
-    return (
-        {key: (ex.balances.available(*key), ex.balances.frozen(*key)) for key in keys},
-        {key: len(ex.balances.history(*key)) for key in keys},
-        dict(ex.collected_fees),
-        sorted((o.id, o.left, o.deal_stock, o.deal_money, o.deal_fee, o.mtime)
-               for o in ex.resting_orders()),
-        {name: (state.depth(1000, ZERO), len(state.tape), state.last_price)
-         for name, state in ex.markets.items()},
-        {(user, market): (len(ex.pending(user, market)), len(ex.finished(user, market)))
-         for user in USERS for market in ex.markets},
-    )
 
 
 class EngineMachine(RuleBasedStateMachine):
@@ -109,7 +86,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.deposited[asset] += amount
 
     def attempt(self, call: Callable[[], Order], codes: set[int]) -> Order | None:
-        before = snapshot(self.ex)
+        before = observable_state(self.ex, USERS)
         try:
             order = call()
         except EngineError as error:
@@ -121,7 +98,8 @@ class EngineMachine(RuleBasedStateMachine):
     def check_rejection(self, error: EngineError, codes: set[int], before: object) -> None:
         event(f"rejected: {error.code} {error.message}")
         assert error.code in codes, error
-        assert snapshot(self.ex) == before, f"rejected call ({error}) changed the state"
+        after = observable_state(self.ex, USERS)
+        assert after == before, f"rejected call ({error}) changed the state"
 
     # --- rules ---------------------------------------------------------------------------------
 
@@ -207,7 +185,7 @@ class EngineMachine(RuleBasedStateMachine):
             self._deposit(user, asset, value)
             return
         previous = self.business_id  # used by the last deposit of *someone*: maybe this user
-        before = snapshot(self.ex)
+        before = observable_state(self.ex, USERS)
         try:
             self.ex.deposit(user, asset, value, previous)
         except EngineError as error:
