@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/expie-sim --config config/simulator.yaml --activity 20 --demo
+	$(BIN)/expie-gateway demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway simulator tests bench

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.core.mapping_reader import ConfigError
 from simulator.app import create_app
 from simulator.banner import demo_banner
-from simulator.config import ConfigError, load_config
+from simulator.config import load_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

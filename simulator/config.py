@@ -10,20 +10,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from gateway.core.decimals import parse_decimal
+from gateway.core.mapping_reader import ConfigError, MappingReader
 
 DEFAULT_DEPTH_LIMITS = (1, 5, 10, 20, 30, 50, 100)
 DEFAULT_DEPTH_INTERVALS = (
     "0", "0.00000001", "0.0000001", "0.000001", "0.00001", "0.0001", "0.001", "0.01", "0.1",
 )
-
-
-class ConfigError(ValueError):
-    """The configuration file is invalid; the message names the key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,77 +88,6 @@ class SimConfig:
             self.assets, self.markets, self.accounts, self.control_token, seconds, self.ws)
 
 
-class _Section:
-    """A mapping read key by key, so that every error names its full path."""
-
-    def __init__(self, data: object, path: str) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path or 'config'}: expected a mapping")
-        self._data: dict[str, Any] = data
-        self._path = path
-        self._read: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self._path}.{name}" if self._path else name
-
-    def raw(self, name: str, default: object = ...) -> Any:
-        self._read.add(name)
-        if name in self._data:
-            return self._data[name]
-        if default is ...:
-            raise ConfigError(f"{self.key(name)}: required key is missing")
-        return default
-
-    def text(self, name: str, default: object = ...) -> str:
-        value = self.raw(name, default)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{self.key(name)}: expected a non-empty string")
-        return value
-
-    def integer(self, name: str, default: object = ..., minimum: int = 0) -> int:
-        value = self.raw(name, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ConfigError(f"{self.key(name)}: expected an integer >= {minimum}")
-        return value
-
-    def number(self, name: str, default: object = ...) -> float:
-        value = self.raw(name, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{self.key(name)}: expected a positive number")
-        return float(value)
-
-    def flag(self, name: str, default: object = ...) -> bool:
-        value = self.raw(name, default)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{self.key(name)}: expected true or false")
-        return value
-
-    def decimal(self, name: str, default: object = ...) -> Decimal:
-        value = self.raw(name, default)
-        parsed = parse_decimal(str(value)) if isinstance(value, str | int) else None
-        if parsed is None or parsed < 0:
-            raise ConfigError(f"{self.key(name)}: expected a non-negative decimal string")
-        return parsed
-
-    def names(self) -> list[str]:
-        return list(self._data)
-
-    def section(self, name: str, default: object = ...) -> _Section:
-        return _Section(self.raw(name, default), self.key(name))
-
-    def items(self, name: str) -> list[tuple[str, _Section]]:
-        value = self.raw(name)
-        if not isinstance(value, list) or not value:
-            raise ConfigError(f"{self.key(name)}: expected a non-empty list")
-        return [(f"{self.key(name)}[{i}]", _Section(item, f"{self.key(name)}[{i}]"))
-                for i, item in enumerate(value)]
-
-    def done(self) -> None:
-        unknown = sorted(set(self._data) - self._read)
-        if unknown:
-            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
-
-
 def load_config(path: Path) -> SimConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -172,7 +97,7 @@ def load_config(path: Path) -> SimConfig:
 
 
 def parse_config(data: object) -> SimConfig:
-    root = _Section(data, "")
+    root = MappingReader(data, "")
     assets_section = root.section("assets")
     assets = {name: _asset(name, assets_section.section(name)) for name in assets_section.names()}
     markets: dict[str, MarketSpec] = {}
@@ -195,7 +120,7 @@ def parse_config(data: object) -> SimConfig:
     return config
 
 
-def _asset(name: str, section: _Section) -> AssetSpec:
+def _asset(name: str, section: MappingReader) -> AssetSpec:
     spec = AssetSpec(
         name=name,
         prec_save=section.integer("prec_save", 20),
@@ -207,7 +132,7 @@ def _asset(name: str, section: _Section) -> AssetSpec:
     return spec
 
 
-def _market(section: _Section, assets: Mapping[str, AssetSpec]) -> MarketSpec:
+def _market(section: MappingReader, assets: Mapping[str, AssetSpec]) -> MarketSpec:
     money_precision = section.integer("money_precision")
     spec = MarketSpec(
         name=section.text("name"),
@@ -233,7 +158,9 @@ def _market(section: _Section, assets: Mapping[str, AssetSpec]) -> MarketSpec:
     return spec
 
 
-def _check_precisions(spec: MarketSpec, assets: Mapping[str, AssetSpec], section: _Section) -> None:
+def _check_precisions(
+    spec: MarketSpec, assets: Mapping[str, AssetSpec], section: MappingReader
+) -> None:
     """The engine's own constraints: fills and fees must fit the assets' stored precision."""
     stock_save, money_save = assets[spec.stock].prec_save, assets[spec.money].prec_save
     money_fee_digits = spec.stock_precision + spec.engine_money_precision + spec.fee_precision
@@ -245,7 +172,7 @@ def _check_precisions(spec: MarketSpec, assets: Mapping[str, AssetSpec], section
             raise ConfigError(f"{section.key(key)}: fee rates must be below 1")
 
 
-def _account(section: _Section, assets: Mapping[str, AssetSpec]) -> AccountSpec:
+def _account(section: MappingReader, assets: Mapping[str, AssetSpec]) -> AccountSpec:
     balances_section = section.section("balances", {})
     balances = {asset: balances_section.decimal(asset) for asset in balances_section.names()}
     balances_section.done()
@@ -279,7 +206,7 @@ def _check_unique(accounts: tuple[AccountSpec, ...]) -> None:
             raise ConfigError(f"accounts: duplicate account {attribute}")
 
 
-def _ws(section: _Section) -> WsSettings:
+def _ws(section: MappingReader) -> WsSettings:
     limits = section.raw("depth_limits", list(DEFAULT_DEPTH_LIMITS))
     intervals = section.raw("depth_intervals", list(DEFAULT_DEPTH_INTERVALS))
     if not isinstance(limits, list) or not all(isinstance(v, int) and v > 0 for v in limits):

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from simulator.config import ConfigError, SimConfig, load_config, parse_config
+from gateway.core.mapping_reader import ConfigError
+from simulator.config import SimConfig, load_config, parse_config
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "simulator.yaml"
 

@@ -1,0 +1,145 @@
+"""The composition root: ``create_app(settings, overrides)`` builds and wires every part.
+
+Only this module knows every part. Tests build the gateway with the same function, passing
+``Overrides`` (keys, account tokens, users, clock, stores) instead of patching anything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.credentials import load_account_tokens, load_keyring
+from gateway.auth.external import ExternalIssuer, ExternalIssuers
+from gateway.auth.grants import ClientCredentialsGrant
+from gateway.auth.secret import Secret
+from gateway.auth.signing import KeyRing
+from gateway.auth.tokens import TokenIssuer, TokenVerifier
+from gateway.auth.users import UserDirectory, load_users
+from gateway.keys import (
+    ACCOUNT_TOKENS,
+    AUTHENTICATOR,
+    CLOCK,
+    GRANT,
+    JWKS_BODY,
+    KEYRING,
+    REVOCATIONS,
+    SETTINGS,
+    UPSTREAM,
+)
+from gateway.settings import Settings
+from gateway.stores.redis_client import connect_redis
+from gateway.stores.revocation import (
+    MemoryRevocationStore,
+    RedisRevocationStore,
+    RevocationStore,
+)
+from gateway.upstream.rest import UpstreamClient
+from gateway.web.routes import setup_routes
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    keyring: KeyRing | None = None
+    account_tokens: Mapping[str, Secret] | None = None
+    directory: UserDirectory | None = None
+    clock: Callable[[], float] | None = None
+    revocations: RevocationStore | None = None
+
+
+class _SharedHttp:
+    """One client session for the gateway's own outbound calls (SSO key sets), opened lazily."""
+
+    def __init__(self) -> None:
+        self.session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        return self.session
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+
+def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Application:
+    given = overrides or Overrides()
+    clock = given.clock or time.time
+    keyring = given.keyring or load_keyring(settings.auth)
+    tokens = given.account_tokens or load_account_tokens(settings.accounts)
+    directory = given.directory or load_users(settings.users_file, tokens.keys())
+    http = _SharedHttp()
+    auth = settings.auth
+    issuer = TokenIssuer(keyring, auth.issuer, auth.audience, clock)
+    verifier = TokenVerifier(keyring, auth.issuer, auth.audience, auth.leeway, clock,
+                             _external_issuers(settings, http, clock), auth.verify_cache_size)
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[CLOCK] = clock
+    app[KEYRING] = keyring
+    app[JWKS_BODY] = json.dumps(keyring.jwks()).encode()
+    app[ACCOUNT_TOKENS] = tokens
+    app[UPSTREAM] = UpstreamClient(settings.upstream)
+    app[GRANT] = ClientCredentialsGrant(directory, issuer, auth.token_ttl)
+    store, redis_client = _revocation_store(settings, given, clock)
+    app[REVOCATIONS] = store
+    app[AUTHENTICATOR] = Authenticator(verifier, store, directory)
+    app.cleanup_ctx.append(_revocation_lifetime(store, redis_client))
+    app.cleanup_ctx.append(_upstream_lifetime)
+    app.on_cleanup.append(lambda _app: http.close())
+    setup_routes(app)
+    return app
+
+
+def _external_issuers(
+    settings: Settings, http: _SharedHttp, clock: Callable[[], float]
+) -> ExternalIssuers | None:
+    if not settings.auth.external_issuers:
+        return None
+    issuers = [
+        ExternalIssuer(issuer=item.issuer, jwks_url=item.jwks_url, user_claim=item.user_claim,
+                       audience=item.audience, algorithms=item.algorithms, jwks_ttl=item.jwks_ttl)
+        for item in settings.auth.external_issuers
+    ]
+    return ExternalIssuers(issuers, http.get, clock)
+
+
+def _revocation_store(
+    settings: Settings, given: Overrides, clock: Callable[[], float]
+) -> tuple[RevocationStore, Redis | None]:
+    """The store every replica shares (Redis) when configured, else the in-process one."""
+    if given.revocations is not None:
+        return given.revocations, None
+    if not settings.redis.url:
+        return MemoryRevocationStore(clock), None
+    client = connect_redis(settings.redis.url, settings.redis.max_connections)
+    store = RedisRevocationStore(client, settings.redis.key_prefix, clock,
+                                 settings.redis.revocation_sync_interval)
+    return store, client
+
+
+def _revocation_lifetime(
+    store: RevocationStore, client: Redis | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        await store.start()
+        yield
+        await store.close()
+        if client is not None:
+            await client.aclose()
+
+    return lifetime
+
+
+async def _upstream_lifetime(app: web.Application) -> AsyncIterator[None]:
+    await app[UPSTREAM].start()
+    yield
+    await app[UPSTREAM].close()

@@ -1,0 +1,58 @@
+"""From an ``Authorization`` header to a ``Principal``, or ``Unauthenticated`` saying why.
+
+Order of checks: a bearer token is present and well-formed; its signature, issuer, audience and
+times verify; it is not revoked (by id or by user); its subject is still a user. The principal's
+scopes are the token's scopes that the user still holds, so narrowing a user's scopes in the
+directory takes effect on tokens already issued.
+"""
+
+from __future__ import annotations
+
+from gateway.auth.tokens import InvalidToken, TokenClaims, TokenVerifier
+from gateway.auth.users import UserDirectory
+from gateway.core.principal import Principal, Scope
+from gateway.errors import Unauthenticated
+from gateway.stores.revocation import RevocationStore
+
+SCOPE_NAMES = frozenset(scope.value for scope in Scope)
+
+
+class Authenticator:
+    def __init__(
+        self, verifier: TokenVerifier, revocations: RevocationStore, directory: UserDirectory
+    ) -> None:
+        self._verifier = verifier
+        self._revocations = revocations
+        self.directory = directory
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        claims = await self.verify(bearer_token(authorization))
+        return self.principal(claims)
+
+    async def verify(self, token: str) -> TokenClaims:
+        try:
+            claims = await self._verifier.verify(token)
+        except InvalidToken as exc:
+            raise Unauthenticated(exc.reason) from exc
+        if self._revocations.is_revoked(claims.token_id, claims.subject, claims.issued_at):
+            raise Unauthenticated("token revoked")
+        return claims
+
+    def principal(self, claims: TokenClaims) -> Principal:
+        user = self.directory.get(claims.subject)
+        if user is None:
+            raise Unauthenticated("unknown user")
+        scopes = frozenset(Scope(name) for name in claims.scopes & SCOPE_NAMES) & user.scopes
+        return Principal(
+            user_id=user.id, account=user.account, scopes=scopes, markets=user.markets,
+            token_id=claims.token_id, issued_at=claims.issued_at, expires_at=claims.expires_at)
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthenticated("missing bearer token", error="invalid_request")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise Unauthenticated("malformed authorization header", error="invalid_request")
+    return token

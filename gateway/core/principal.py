@@ -1,0 +1,47 @@
+"""Who is calling: a gateway user, the upstream account it trades for, its scopes and markets.
+
+Pure data. A ``Principal`` exists only after a token was verified against the user directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Scope(StrEnum):
+    MARKET_READ = "market:read"
+    ORDERS_READ = "orders:read"
+    ORDERS_WRITE = "orders:write"
+    BALANCE_READ = "balance:read"
+    ADMIN = "admin"
+
+
+ALL_SCOPES = frozenset(Scope)
+
+
+def parse_scopes(text: str) -> frozenset[Scope]:
+    """A space-separated scope string (RFC 6749 §3.3); unknown names raise ``ValueError``."""
+    return frozenset(Scope(name) for name in text.split())
+
+
+def format_scopes(scopes: frozenset[Scope]) -> str:
+    return " ".join(sorted(scopes))
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    account: str
+    scopes: frozenset[Scope]
+    # None means every market.
+    markets: frozenset[str] | None
+    token_id: str
+    issued_at: float
+    expires_at: float
+
+    def has(self, scope: Scope) -> bool:
+        return scope in self.scopes
+
+    def may_trade(self, market: str) -> bool:
+        return self.markets is None or market in self.markets

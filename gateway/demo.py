@@ -1,0 +1,105 @@
+"""``expie-gateway demo``: the simulator and the gateway in one process, on loopback.
+
+The one module of ``gateway`` that imports ``simulator``. Embedded defaults: in-process stores,
+a signing key made at start, the accounts' upstream tokens read from the simulator's config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.app import Overrides, create_app
+from gateway.auth.secret import Secret
+from gateway.auth.signing import KeyRing, generate_signing_key
+from gateway.auth.tokens import TokenIssuer
+from gateway.core.principal import ALL_SCOPES, Scope, format_scopes
+from gateway.server import new_event_loop
+from gateway.settings import Settings, UpstreamSettings, load_settings
+from simulator.app import create_app as create_simulator
+from simulator.config import SimConfig, load_config
+
+DEMO_SETTINGS = Path("config/demo.yaml")
+SIMULATOR_CONFIG = Path("config/simulator.yaml")
+DEMO_USER = "demo-trader"
+DEMO_SECRET = "demo-trader-secret-2026"  # matches the example hash in config/users.example.yaml
+ACTIVITY = 20.0
+
+
+def run_demo(gateway_port: int, simulator_port: int) -> None:
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(_serve(gateway_port, simulator_port))
+    finally:
+        loop.close()
+
+
+async def _serve(gateway_port: int, simulator_port: int) -> None:
+    sim_config = load_config(SIMULATOR_CONFIG)
+    settings = _demo_settings(gateway_port, simulator_port)
+    keyring = KeyRing(generate_signing_key(f"demo-{int(time.time())}"), [])
+    tokens = {account.name: Secret(account.token) for account in sim_config.accounts}
+    runners = [
+        await _start(create_simulator(sim_config, seed=1, activity=ACTIVITY), simulator_port),
+        await _start(create_app(settings, Overrides(keyring=keyring, account_tokens=tokens)),
+                     gateway_port),
+    ]
+    issuer = TokenIssuer(keyring, settings.auth.issuer, settings.auth.audience, time.time)
+    scopes = ALL_SCOPES - {Scope.ADMIN}
+    token, _ = issuer.issue(DEMO_USER, [scope.value for scope in scopes], settings.auth.token_ttl)
+    print(banner(sim_config, gateway_port, simulator_port, token, scopes), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def _demo_settings(gateway_port: int, simulator_port: int) -> Settings:
+    settings = load_settings(DEMO_SETTINGS, environ={})
+    upstream = UpstreamSettings(base_url=f"http://127.0.0.1:{simulator_port}")
+    server = dataclasses.replace(settings.server, port=gateway_port)
+    return dataclasses.replace(settings, server=server, upstream=upstream)
+
+
+async def _start(app: web.Application, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+def banner(
+    sim_config: SimConfig, gateway_port: int, simulator_port: int, token: str,
+    scopes: frozenset[Scope],
+) -> str:
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    auth = f'-H "Authorization: Bearer {token}"'
+    return "\n".join([
+        "Expie Gateway demo",
+        f"  gateway    {gateway}   (REST /v1/..., POST /auth/token, /.well-known/jwks.json)",
+        f"  simulator  http://127.0.0.1:{simulator_port}/v1   (the upstream exchange, "
+        f"{len(sim_config.markets)} live markets)",
+        "",
+        f"A token for {DEMO_USER} (scopes: {format_scopes(scopes)}), valid for an hour:",
+        f"  {token}",
+        "",
+        "Try, through the gateway:",
+        f"  curl -s {auth} {gateway}/v1/markets/BCCBTC/ticker",
+        f"  curl -s {auth} -d side=2 -d amount=1 -d price=0.13 {gateway}/v1/markets/BCCBTC/orders",
+        f"  curl -s {auth} {gateway}/v1/balance/summary",
+        "A new token with the client-credentials grant:",
+        f"  curl -s -u {DEMO_USER}:{DEMO_SECRET} -d grant_type=client_credentials "
+        f"-d scope=market:read {gateway}/auth/token",
+        "",
+        "Ctrl-C stops both.",
+    ])

@@ -1,0 +1,30 @@
+"""Every ``web.AppKey`` and ``web.RequestKey`` of the gateway, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.grants import ClientCredentialsGrant
+from gateway.auth.secret import Secret
+from gateway.auth.signing import KeyRing
+from gateway.core.principal import Principal
+from gateway.settings import Settings
+from gateway.stores.revocation import RevocationStore
+from gateway.upstream.rest import UpstreamClient
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+KEYRING = web.AppKey("keyring", KeyRing)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+GRANT = web.AppKey("grant", ClientCredentialsGrant)
+REVOCATIONS = web.AppKey("revocations", RevocationStore)
+UPSTREAM = web.AppKey("upstream", UpstreamClient)
+ACCOUNT_TOKENS: web.AppKey[Mapping[str, Secret]] = web.AppKey("account_tokens")
+# The JWKS document rendered once: it changes only with the configuration.
+JWKS_BODY = web.AppKey("jwks_body", bytes)
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)

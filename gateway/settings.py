@@ -1,0 +1,321 @@
+"""The gateway's settings: one YAML file plus ``EXPIE_GW_<SECTION>__<KEY>`` environment overrides.
+
+Everything is validated at load time: an unknown key or a bad value raises ``ConfigError`` naming
+it (the CLI exits 2). Secrets are *referenced* here (an environment variable or a file path, as
+Kubernetes mounts Secrets) and read by ``gateway.auth.credentials``; no secret value is held here.
+Every key is documented in ``config/gateway.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.core.mapping_reader import ConfigError, MappingReader
+
+ENV_PREFIX = "EXPIE_GW_"
+# Names the settings file (see ``gateway.cli``); it is not a settings key.
+CONFIG_PATH_VARIABLE = "EXPIE_GW_CONFIG"
+ALGORITHMS = ("EdDSA", "RS256", "ES256")
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Where a secret lives: an environment variable or a file. Never the value."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    shutdown_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    base_url: str = "http://127.0.0.1:8081"
+    connect_timeout: float = 2.0
+    total_timeout: float = 10.0
+    max_connections: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class KeySettings:
+    kid: str
+    algorithm: str
+    private_key: SecretRef | None
+    public_key: SecretRef | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalIssuerSettings:
+    issuer: str
+    jwks_url: str
+    user_claim: str
+    audience: str
+    algorithms: tuple[str, ...]
+    jwks_ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    issuer: str = "expie-gateway"
+    audience: str = "expie-gateway"
+    token_ttl: float = 900.0
+    max_token_ttl: float = 86400.0
+    leeway: float = 5.0
+    verify_cache_size: int = 10_000
+    signing_key: str | None = None
+    keys: tuple[KeySettings, ...] = ()
+    external_issuers: tuple[ExternalIssuerSettings, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSettings:
+    name: str
+    token: SecretRef
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str | None = None
+    key_prefix: str = "expie-gw:"
+    max_connections: int = 64
+    revocation_sync_interval: float = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = ServerSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    auth: AuthSettings = AuthSettings()
+    users_file: Path = Path("config/users.example.yaml")
+    accounts: tuple[AccountSettings, ...] = ()
+    redis: RedisSettings = RedisSettings()
+    log_level: str = "INFO"
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``path`` (or defaults) with ``EXPIE_GW_*`` overrides from ``environ``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = loaded or {}
+    overrides = apply_environment(data, os.environ if environ is None else environ)
+    try:
+        return parse_settings(data)
+    except ConfigError as exc:
+        raise _blame_override(exc, overrides) from exc
+
+
+def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """``EXPIE_GW_AUTH__LEEWAY=2`` sets ``auth.leeway``; values are YAML (``[a, b]`` is a list).
+
+    Returns the keys it set (``auth.leeway``) with the variable that set each.
+    """
+    overrides: dict[str, str] = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_PATH_VARIABLE:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if not all(path):
+            raise ConfigError(f"{name}: malformed override name")
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name}: not a YAML value") from exc
+        target = data
+        for part in path[:-1]:
+            nested = target.setdefault(part, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"{name}: {part} is not a section")
+            target = nested
+        target[path[-1]] = value
+        overrides[".".join(path)] = name
+    return overrides
+
+
+def _blame_override(exc: ConfigError, overrides: Mapping[str, str]) -> ConfigError:
+    """``exc``, naming the environment variable when it is about a key one of them set."""
+    key = str(exc).partition(":")[0]
+    for path, name in overrides.items():
+        if key == path or key.startswith((f"{path}.", f"{path}[")):
+            return ConfigError(f"{exc} (set by {name})")
+    return exc
+
+
+def parse_settings(data: object) -> Settings:
+    """Relative file paths in settings are taken from the working directory, as given."""
+    root = MappingReader(data, "")
+    settings = Settings(
+        server=_server(root.section("server", {})),
+        upstream=_upstream(root.section("upstream", {})),
+        auth=_auth(root.section("auth", {})),
+        users_file=_path(root.section("users", {}), "file", "config/users.example.yaml"),
+        accounts=tuple(_account(s) for _, s in root.items("accounts", [], allow_empty=True)),
+        redis=_redis(root.section("redis", {})),
+        log_level=_log_level(root.section("logging", {})),
+    )
+    root.done()
+    names = [account.name for account in settings.accounts]
+    if len(names) != len(set(names)):
+        raise ConfigError("accounts: duplicate account name")
+    return settings
+
+
+def _server(section: MappingReader) -> ServerSettings:
+    settings = ServerSettings(
+        host=section.text("host", "127.0.0.1"),
+        port=section.integer("port", 8080, minimum=0),
+        shutdown_timeout=section.number("shutdown_timeout", 10.0),
+    )
+    section.done()
+    return settings
+
+
+def _upstream(section: MappingReader) -> UpstreamSettings:
+    base_url = section.text("base_url", "http://127.0.0.1:8081").rstrip("/")
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{section.key('base_url')}: expected an http:// or https:// URL")
+    settings = UpstreamSettings(
+        base_url=base_url,
+        connect_timeout=section.number("connect_timeout", 2.0),
+        total_timeout=section.number("total_timeout", 10.0),
+        max_connections=section.integer("max_connections", 100, minimum=1),
+    )
+    section.done()
+    return settings
+
+
+def _auth(section: MappingReader) -> AuthSettings:
+    keys = tuple(_key(s) for _, s in section.items("keys", [], allow_empty=True))
+    signing = section.optional_text("signing_key")
+    settings = AuthSettings(
+        issuer=section.text("issuer", "expie-gateway"),
+        audience=section.text("audience", "expie-gateway"),
+        token_ttl=section.number("token_ttl", 900.0),
+        max_token_ttl=section.number("max_token_ttl", 86400.0),
+        leeway=section.number("leeway", 5.0, allow_zero=True),
+        verify_cache_size=section.integer("verify_cache_size", 10_000),
+        signing_key=signing,
+        keys=keys,
+        external_issuers=tuple(
+            _external(s) for _, s in section.items("external_issuers", [], allow_empty=True)),
+    )
+    _check_keys(section, settings)
+    section.done()
+    return settings
+
+
+def _check_keys(section: MappingReader, settings: AuthSettings) -> None:
+    kids = [key.kid for key in settings.keys]
+    if len(kids) != len(set(kids)):
+        raise ConfigError(f"{section.key('keys')}: duplicate kid")
+    if settings.token_ttl > settings.max_token_ttl:
+        raise ConfigError(f"{section.key('token_ttl')}: longer than max_token_ttl")
+    if settings.signing_key is None:
+        return
+    signing = next((key for key in settings.keys if key.kid == settings.signing_key), None)
+    if signing is None or signing.private_key is None:
+        raise ConfigError(
+            f"{section.key('signing_key')}: no key {settings.signing_key!r} with a private key")
+
+
+def _key(section: MappingReader) -> KeySettings:
+    algorithm = section.text("algorithm", "EdDSA")
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"{section.key('algorithm')}: expected one of {', '.join(ALGORITHMS)}")
+    settings = KeySettings(
+        kid=section.text("kid"),
+        algorithm=algorithm,
+        private_key=_secret_ref(section, "private_key"),
+        public_key=_secret_ref(section, "public_key"),
+    )
+    section.done()
+    if (settings.private_key is None) == (settings.public_key is None):
+        raise ConfigError(f"{section.key('kid')}: give either a private or a public key")
+    return settings
+
+
+def _secret_ref(section: MappingReader, name: str) -> SecretRef | None:
+    env = section.optional_text(f"{name}_env")
+    file = section.optional_text(f"{name}_file")
+    if env and file:
+        raise ConfigError(f"{section.key(name + '_env')}: give an environment variable or a "
+                          "file, not both")
+    if env:
+        return SecretRef(env=env)
+    if file:
+        return SecretRef(file=Path(file))
+    return None
+
+
+def _external(section: MappingReader) -> ExternalIssuerSettings:
+    algorithms = section.text_list("algorithms", ["RS256", "ES256", "EdDSA"])
+    for algorithm in algorithms:
+        if algorithm not in ALGORITHMS:
+            raise ConfigError(f"{section.key('algorithms')}: unsupported algorithm {algorithm!r}")
+    settings = ExternalIssuerSettings(
+        issuer=section.text("issuer"),
+        jwks_url=section.text("jwks_url"),
+        user_claim=section.text("user_claim", "sub"),
+        audience=section.text("audience"),
+        algorithms=algorithms,
+        jwks_ttl=section.number("jwks_ttl", 300.0),
+    )
+    section.done()
+    return settings
+
+
+def _account(section: MappingReader) -> AccountSettings:
+    token = _secret_ref(section, "token")
+    name = section.text("name")
+    section.done()
+    if token is None:
+        raise ConfigError(f"{section.key('token_env')}: account {name!r} needs token_env or "
+                          "token_file")
+    return AccountSettings(name=name, token=token)
+
+
+def _redis(section: MappingReader) -> RedisSettings:
+    url = section.optional_text("url") if section.raw("url", None) != "" else None
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{section.key('url')}: expected a redis:// URL")
+    settings = RedisSettings(
+        url=url,
+        key_prefix=section.text("key_prefix", "expie-gw:"),
+        max_connections=section.integer("max_connections", 64, minimum=1),
+        revocation_sync_interval=section.number("revocation_sync_interval", 0.25),
+    )
+    section.done()
+    return settings
+
+
+def _path(section: MappingReader, name: str, default: str) -> Path:
+    value = Path(section.text(name, default))
+    section.done()
+    return value
+
+
+def _log_level(section: MappingReader) -> str:
+    level = section.text("level", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"{section.key('level')}: expected DEBUG, INFO, WARNING or ERROR")
+    section.done()
+    return level

@@ -1,0 +1,44 @@
+"""The one way the gateway builds a Redis client, shared by every Redis store.
+
+Owns the connection pool settings (a ``BlockingConnectionPool``: past ``max_connections`` callers
+wait up to ``timeout`` instead of failing), the timeouts and the retry policy. Responses are
+``bytes`` (``decode_responses=False``) in every store: each store decodes what it reads. This
+module does not own the client's lifetime: whoever calls ``connect_redis`` closes the client
+(``await client.aclose()``), which also closes its pool.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+
+def connect_redis(
+    url: str, max_connections: int = 64, *, timeout: float = 2.0
+) -> redis.asyncio.Redis:
+    """A client for ``url`` (no I/O yet: connections open on first use).
+
+    ``timeout`` bounds the wait for a pooled connection, the TCP connect and each reply, so a
+    hung Redis shows as an error within seconds, never as a request that waits forever. One
+    immediate retry covers a pooled connection that went stale when Redis restarted.
+    """
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        decode_responses=False,
+    )
+    return redis.asyncio.Redis.from_pool(pool)
+
+
+async def ping_redis(client: redis.asyncio.Redis) -> bool:
+    """True when Redis answers a PING; False on any Redis or socket error (for readiness)."""
+    try:
+        return bool(await client.ping())
+    except (RedisError, OSError):
+        return False

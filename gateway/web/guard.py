@@ -1,0 +1,68 @@
+"""Route guards: request ids, authentication, scope and market checks, and error rendering.
+
+Every route is registered through ``public`` or ``protected`` rather than app-wide middlewares,
+so aiohttp skips its middleware chain on the hot path. A ``GatewayError`` raised anywhere below
+a guard becomes the gateway's JSON error with its status and headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.core.principal import Scope
+from gateway.errors import Forbidden, GatewayError, InsufficientScope
+from gateway.keys import AUTHENTICATOR, PRINCIPAL, REQUEST_ID
+from gateway.web.errors import error_response
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+logger = logging.getLogger(__name__)
+MAX_REQUEST_ID = 128
+
+
+def request_id(request: web.Request) -> str:
+    """The caller's ``X-Request-Id`` when it is sane, otherwise a new one."""
+    given = request.headers.get("X-Request-Id", "")
+    if 0 < len(given) <= MAX_REQUEST_ID and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def public(handler: Handler) -> Handler:
+    async def public_handler(request: web.Request) -> web.StreamResponse:
+        rid = request[REQUEST_ID] = request_id(request)
+        try:
+            response = await handler(request)
+        except GatewayError as exc:
+            return error_response(exc, rid)
+        response.headers["X-Request-Id"] = rid
+        return response
+
+    return public_handler
+
+
+def protected(scope: Scope, handler: Handler) -> Handler:
+    """``handler`` for callers whose token verifies and holds ``scope`` (and the market, if any)."""
+
+    async def protected_handler(request: web.Request) -> web.StreamResponse:
+        rid = request[REQUEST_ID] = request_id(request)
+        try:
+            principal = await request.app[AUTHENTICATOR].authenticate(
+                request.headers.get("Authorization"))
+            if scope not in principal.scopes:
+                raise InsufficientScope(scope.value)
+            market = request.match_info.get("market")
+            if market is not None and not principal.may_trade(market):
+                raise Forbidden(f"market {market} is not allowed for this user",
+                                code="market_not_allowed")
+            request[PRINCIPAL] = principal
+            response = await handler(request)
+        except GatewayError as exc:
+            return error_response(exc, rid)
+        response.headers["X-Request-Id"] = rid
+        return response
+
+    return protected_handler

@@ -1,0 +1,50 @@
+"""The reference's REST paths, proxied: the caller's token is swapped for its account's.
+
+The upstream path is rebuilt from the route template and the matched parameters (quoted), never
+copied from the raw request line, so what reaches the exchange is exactly what was authorized.
+The exchange's status and body come back unchanged.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from aiohttp import web
+
+from gateway.core.principal import Scope
+from gateway.keys import ACCOUNT_TOKENS, PRINCIPAL, UPSTREAM
+from gateway.web.guard import Handler
+
+PROXIED: tuple[tuple[str, str, Scope], ...] = (
+    ("GET", "/v1/markets/{market}/ticker", Scope.MARKET_READ),
+    ("GET", "/v1/markets", Scope.MARKET_READ),
+    ("GET", "/v1/markets/{market}/depth", Scope.MARKET_READ),
+    ("POST", "/v1/markets/{market}/orders", Scope.ORDERS_WRITE),
+    ("POST", "/v1/markets/{market}/orders/{order_id}/_cancel", Scope.ORDERS_WRITE),
+    ("GET", "/v1/markets/{market}/orders/_pending", Scope.ORDERS_READ),
+    ("GET", "/v1/markets/{market}/orders/_finished", Scope.ORDERS_READ),
+    ("GET", "/v1/markets/{market}/orders/{order_id}", Scope.ORDERS_READ),
+    ("GET", "/v1/balance/summary", Scope.BALANCE_READ),
+    ("GET", "/v1/balance/history", Scope.BALANCE_READ),
+)
+
+
+def forward_to(template: str) -> Handler:
+    """A handler sending the request to ``template`` upstream, as the caller's account."""
+
+    async def forward(request: web.Request) -> web.Response:
+        path = template.format_map(
+            {name: quote(value, safe="") for name, value in request.match_info.items()})
+        query = request.rel_url.raw_query_string
+        if query:
+            path = f"{path}?{query}"
+        body = await request.read() if request.body_exists else None
+        token = request.app[ACCOUNT_TOKENS][request[PRINCIPAL].account]
+        answer = await request.app[UPSTREAM].send(
+            request.method, path, token, body, request.headers.get("Content-Type"))
+        response = web.Response(status=answer.status, body=answer.body)
+        if answer.content_type:
+            response.headers["Content-Type"] = answer.content_type
+        return response
+
+    return forward

@@ -1,0 +1,34 @@
+"""The route table: every path, the scope it needs, and its handler."""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+
+from gateway.core.principal import Scope
+from gateway.errors import MethodNotAllowed, NotFound
+from gateway.web.auth_routes import issue_token, jwks, revoke
+from gateway.web.guard import protected, public
+from gateway.web.health import healthz, readyz
+from gateway.web.proxy import PROXIED, forward_to
+
+
+async def no_such_route(request: web.Request) -> web.Response:
+    for resource in request.app.router.resources():
+        _, allowed = await resource.resolve(request)
+        if allowed and hdrs.METH_ANY not in allowed:
+            methods = ", ".join(sorted(allowed))
+            raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; "
+                                   f"use {methods}")
+    raise NotFound(f"no route {request.method} {request.path}")
+
+
+def setup_routes(app: web.Application) -> None:
+    router = app.router
+    for method, template, scope in PROXIED:
+        router.add_route(method, template, protected(scope, forward_to(template)))
+    router.add_post("/auth/token", public(issue_token))
+    router.add_get("/.well-known/jwks.json", public(jwks), allow_head=False)
+    router.add_post("/admin/tokens/revoke", protected(Scope.ADMIN, revoke))
+    router.add_get("/healthz", public(healthz), allow_head=False)
+    router.add_get("/readyz", public(readyz), allow_head=False)
+    router.add_route(hdrs.METH_ANY, "/{tail:.*}", public(no_such_route))
