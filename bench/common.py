@@ -99,12 +99,17 @@ def cpu_seconds(pid: int) -> float:
 
 @contextlib.contextmanager
 def running(
-    name: str, command: Sequence[str], url: str, headers: Mapping[str, str]
+    name: str, command: Sequence[str], url: str, headers: Mapping[str, str],
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[Server, bytes]]:
-    """Start ``command`` (from the repository root), wait until ``url`` answers, stop it after."""
+    """Start ``command`` (from the repository root), wait until ``url`` answers, stop it after.
+
+    ``env`` replaces the environment of the command (default: this process's).
+    """
     log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
     with log.open("wb") as sink:
-        process = subprocess.Popen(list(command), cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(list(command), cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
+                                   env=None if env is None else dict(env))
     server = Server(name, process, url, log)
     try:
         yield server, wait_ready(server, headers)
@@ -176,6 +181,57 @@ def load_server(
     spent = cpu_seconds(server.process.pid) - before
     per_request = round(spent / result.requests * 1e6, 1) if result.requests else None
     return dataclasses.replace(result, server_cpu_us_per_request=per_request)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one wrk run loads: ``server`` with ``headers``; ``watched`` processes' CPU is kept."""
+
+    server: Server
+    headers: Mapping[str, str]
+    watched: tuple[Server, ...] = ()
+
+
+@dataclass(frozen=True)
+class Measured:
+    result: WrkResult
+    # CPU microseconds per request of each ``Target.watched`` process, by server name.
+    watched_cpu_us_per_request: Mapping[str, float]
+
+
+def load_target(wrk: str, target: Target, *, threads: int, connections: int,
+                duration: float) -> Measured:
+    """``load_server`` on ``target``, plus the CPU per request of its watched processes."""
+    before = {server.name: cpu_seconds(server.process.pid) for server in target.watched}
+    result = load_server(wrk, target.server, threads=threads, connections=connections,
+                         duration=duration, headers=target.headers)
+    watched = {
+        server.name: round((cpu_seconds(server.process.pid) - before[server.name])
+                           / max(result.requests, 1) * 1e6, 1)
+        for server in target.watched
+    }
+    return Measured(result, watched)
+
+
+def alternate(
+    wrk: str, targets: Mapping[str, Target], *, threads: int, connections: int,
+    duration: float, warmup: float, rounds: int,
+) -> dict[str, list[Measured]]:
+    """Warm each target up, then load them in turn for ``rounds`` rounds, the order reversed
+    every other round so that neither always runs first (the same load for each)."""
+    def once(name: str, seconds: float) -> Measured:
+        return load_target(wrk, targets[name], threads=threads, connections=connections,
+                           duration=seconds)
+
+    for name in targets:
+        once(name, warmup)
+    results: dict[str, list[Measured]] = {name: [] for name in targets}
+    order = list(targets)
+    for number in range(rounds):
+        for name in order if number % 2 == 0 else order[::-1]:
+            results[name].append(once(name, duration))
+            print(f"round {number + 1} {name}: {results[name][-1]}", file=sys.stderr)
+    return results
 
 
 def parse_wrk(text: str) -> WrkResult:

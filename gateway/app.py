@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -79,8 +79,9 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     http = _SharedHttp()
     auth = settings.auth
     issuer = TokenIssuer(keyring, auth.issuer, auth.audience, clock)
+    external = _external_issuers(settings, http, clock)
     verifier = TokenVerifier(keyring, auth.issuer, auth.audience, auth.leeway, clock,
-                             _external_issuers(settings, http, clock), auth.verify_cache_size)
+                             external, auth.verify_cache_size)
     app = web.Application()
     app[SETTINGS] = settings
     app[CLOCK] = clock
@@ -94,7 +95,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     app[AUTHENTICATOR] = Authenticator(verifier, store, directory)
     app.cleanup_ctx.append(_revocation_lifetime(store, redis_client))
     app.cleanup_ctx.append(_upstream_lifetime)
-    app.on_cleanup.append(lambda _app: http.close())
+    app.on_cleanup.append(_close_outbound(external, http))
     setup_routes(app)
     return app
 
@@ -110,6 +111,17 @@ def _external_issuers(
         for item in settings.auth.external_issuers
     ]
     return ExternalIssuers(issuers, http.get, clock)
+
+
+def _close_outbound(
+    external: ExternalIssuers | None, http: _SharedHttp
+) -> Callable[[web.Application], Awaitable[None]]:
+    async def close(_app: web.Application) -> None:
+        if external is not None:
+            await external.close()
+        await http.close()
+
+    return close
 
 
 def _revocation_store(

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway import __version__
+from gateway.auth.authenticator import user_cutoff
 from gateway.auth.credentials import load_account_tokens, load_keyring
 from gateway.auth.passwords import generate_client_secret, hash_secret
 from gateway.auth.signing import (
@@ -176,7 +177,7 @@ async def revoke_in_redis(settings: Settings, *, jti: str | None, user: str | No
         if jti is not None:
             await store.revoke_token(jti, expires_at=keep_until)
         elif user is not None:
-            await store.revoke_user(user, before=now, keep_until=keep_until)
+            await store.revoke_user(user, before=user_cutoff(now), keep_until=keep_until)
     finally:
         await client.aclose()
 

@@ -4,6 +4,7 @@ Exception tree (rendered in one place, ``gateway.web.errors``):
 
 - ``GatewayError``: base; ``code`` (snake_case), ``status``, ``message``, ``temporary``.
   - ``BadRequest`` (400): the request is malformed; the message names the field.
+  - ``MalformedCredentials`` (400): a Bearer header that does not carry exactly one token.
   - ``Unauthenticated`` (401): no valid credentials; carries the RFC 6750 error and description.
   - ``Forbidden`` (403): authenticated, but not allowed (a missing scope, a market not allowed).
   - ``NotFound`` (404), ``MethodNotAllowed`` (405).
@@ -38,22 +39,36 @@ class BadRequest(GatewayError):
 
 
 class Unauthenticated(GatewayError):
-    """RFC 6750: ``error`` is ``invalid_request`` (no usable credentials) or ``invalid_token``."""
+    """RFC 6750 §3.1: ``invalid_token`` with a description, or, when the request carried no
+    bearer credentials at all (``error=None``), a bare challenge without an error code."""
 
     code = "invalid_token"
     status = 401
 
-    def __init__(self, description: str, *, error: str = "invalid_token") -> None:
-        super().__init__(description, code=error)
+    def __init__(self, description: str, *, error: str | None = "invalid_token") -> None:
+        super().__init__(description, code=error or "unauthenticated")
         self.error = error
 
     def headers(self) -> dict[str, str]:
-        if self.error == "invalid_request" and self.message == "missing bearer token":
-            return {"WWW-Authenticate": 'Bearer realm="expie-gateway"'}
-        description = self.message.replace('"', "'")
-        return {"WWW-Authenticate": (
-            f'Bearer realm="expie-gateway", error="{self.error}", '
-            f'error_description="{description}"')}
+        return {"WWW-Authenticate": _challenge(self.error, self.message)}
+
+
+class MalformedCredentials(GatewayError):
+    """RFC 6750 §3.1 ``invalid_request``: a Bearer header without exactly one token."""
+
+    code = "invalid_request"
+    status = 400
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": _challenge(self.code, self.message)}
+
+
+def _challenge(error: str | None, description: str) -> str:
+    if error is None:
+        return 'Bearer realm="expie-gateway"'
+    quoted = description.replace('"', "'")
+    return f'Bearer realm="expie-gateway", error="{error}", error_description="{quoted}"'
+
 
 
 class Forbidden(GatewayError):

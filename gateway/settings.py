@@ -121,11 +121,15 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     try:
         return parse_settings(data)
     except ConfigError as exc:
-        raise _blame_override(exc, overrides) from exc
+        variable = _override_of(exc, overrides)
+        if variable is None:
+            raise
+        raise ConfigError(f"{exc} (set by {variable})") from exc
 
 
 def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
-    """``EXPIE_GW_AUTH__LEEWAY=2`` sets ``auth.leeway``; values are YAML (``[a, b]`` is a list).
+    """``EXPIE_GW_AUTH__LEEWAY=2`` sets ``auth.leeway``; values are YAML (``[a, b]`` is a list,
+    but ``expie-gw:`` is the string, not a block mapping).
 
     Returns the keys it set (``auth.leeway``) with the variable that set each.
     """
@@ -136,10 +140,7 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[
         path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
         if not all(path):
             raise ConfigError(f"{name}: malformed override name")
-        try:
-            value = yaml.safe_load(environ[name])
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{name}: not a YAML value") from exc
+        value = _override_value(name, environ[name])
         target = data
         for part in path[:-1]:
             nested = target.setdefault(part, {})
@@ -151,13 +152,24 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[
     return overrides
 
 
-def _blame_override(exc: ConfigError, overrides: Mapping[str, str]) -> ConfigError:
-    """``exc``, naming the environment variable when it is about a key one of them set."""
+def _override_value(name: str, text: str) -> object:
+    """``text`` as YAML; a list or mapping only in flow style, so ``expie-gw:`` stays a string."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name}: not a YAML value") from exc
+    if isinstance(value, dict | list) and not text.lstrip().startswith(("[", "{")):
+        return text
+    return value
+
+
+def _override_of(exc: ConfigError, overrides: Mapping[str, str]) -> str | None:
+    """The environment variable that set the key ``exc`` names, if one did."""
     key = str(exc).partition(":")[0]
     for path, name in overrides.items():
         if key == path or key.startswith((f"{path}.", f"{path}[")):
-            return ConfigError(f"{exc} (set by {name})")
-    return exc
+            return name
+    return None
 
 
 def parse_settings(data: object) -> Settings:

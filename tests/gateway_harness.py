@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDictProxy
 
 from gateway.app import Overrides, create_app
 from gateway.auth.secret import Secret
@@ -61,7 +62,7 @@ class RunningGateway:
         return self.issuer().issue(user, granted, ttl)[0]
 
     async def call(self, method: str, path: str, token: str | None = None,
-                   **kwargs: Any) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+                   **kwargs: Any) -> tuple[int, Any, CIMultiDictProxy[str]]:
         headers = dict(kwargs.pop("headers", {}))
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"

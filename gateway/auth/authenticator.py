@@ -8,10 +8,12 @@ directory takes effect on tokens already issued.
 
 from __future__ import annotations
 
+import math
+
 from gateway.auth.tokens import InvalidToken, TokenClaims, TokenVerifier
 from gateway.auth.users import UserDirectory
 from gateway.core.principal import Principal, Scope
-from gateway.errors import Unauthenticated
+from gateway.errors import MalformedCredentials, Unauthenticated
 from gateway.stores.revocation import RevocationStore
 
 SCOPE_NAMES = frozenset(scope.value for scope in Scope)
@@ -50,9 +52,21 @@ class Authenticator:
 
 def bearer_token(authorization: str | None) -> str:
     if not authorization:
-        raise Unauthenticated("missing bearer token", error="invalid_request")
+        raise Unauthenticated("missing bearer token", error=None)
     scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthenticated("unsupported authorization scheme: use Bearer", error=None)
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
-        raise Unauthenticated("malformed authorization header", error="invalid_request")
+    if not token or " " in token:
+        raise MalformedCredentials("the Bearer authorization header must carry one token")
     return token
+
+
+def user_cutoff(now: float) -> float:
+    """The ``before`` that revokes every token of a user issued up to ``now``.
+
+    ``iat`` counts whole seconds, so a token issued earlier in the current second carries
+    ``iat == floor(now)``: the cutoff is the end of this second (``iat < cutoff`` is refused).
+    A token issued later in the same second is refused too; the next second's tokens are not.
+    """
+    return float(math.floor(now) + 1)

@@ -40,6 +40,7 @@ SUPPORTED_ALGORITHMS = frozenset({
 FETCH_TIMEOUT = 5.0
 UNKNOWN_KID_REFETCH_INTERVAL = 10.0
 MAX_JWKS_BYTES = 256 * 1024
+_ASYMMETRIC_KEY_TYPES = frozenset({"RSA", "EC", "OKP"})
 _PUBLIC_JWK_MEMBERS = frozenset({"kty", "crv", "x", "y", "n", "e", "kid", "alg", "use"})
 
 Fetch = Callable[[str], Awaitable[bytes]]
@@ -91,8 +92,9 @@ class JwksCache:
         self._unknown_kid_fetch_at = -math.inf
         self._inflight: asyncio.Task[None] | None = None
 
-    async def key(self, kid: str) -> PyJWK:
-        """The key named ``kid``, or ``InvalidToken`` (unknown key id, issuer keys unavailable)."""
+    async def key(self, kid: str) -> tuple[PyJWK, float]:
+        """The key named ``kid`` and the time until which it needs no re-check (its key set is
+        fresh, or a failing provider is not asked again), or ``InvalidToken``."""
         if self._should_fetch(kid, self._clock()):
             self._inflight = asyncio.get_running_loop().create_task(
                 self._refresh(), name=f"jwks {self.settings.issuer}")
@@ -100,11 +102,11 @@ class JwksCache:
             await asyncio.shield(self._inflight)
         key = self._keys.get(kid)
         if key is not None:
-            return key
+            return key, max(self._fresh_until, self._retry_at)
         raise InvalidToken("unknown key id" if self._keys else "issuer keys unavailable")
 
     async def wait_idle(self) -> None:
-        """Return once no fetch is in flight (tests; a warm-up at start-up)."""
+        """Return once no fetch is in flight (tests; an orderly shutdown)."""
         if self._inflight is not None:
             await asyncio.shield(self._inflight)
 
@@ -159,13 +161,15 @@ def parse_jwks(body: bytes, algorithms: Sequence[str]) -> dict[str, PyJWK]:
 def _usable_key(member: object, algorithms: Sequence[str]) -> PyJWK | None:
     if not isinstance(member, dict) or member.get("use", "sig") != "sig":
         return None
-    kid = member.get("kid")
-    if not isinstance(kid, str) or not kid:
+    kid, kty, alg = member.get("kid"), member.get("kty"), member.get("alg")
+    if not isinstance(kid, str) or not kid or kty not in _ASYMMETRIC_KEY_TYPES:
+        return None
+    if alg is not None and alg not in algorithms:
         return None
     public = {name: value for name, value in member.items() if name in _PUBLIC_JWK_MEMBERS}
     try:
         key = PyJWK(public)
-    except jwt.PyJWTError:  # unsupported kty, crv or alg, or broken key material: skipped
+    except (jwt.PyJWTError, KeyError, TypeError, ValueError):  # broken or unsupported: skipped
         return None
     return key if key.algorithm_name in algorithms else None
 
@@ -197,7 +201,8 @@ class ExternalIssuers:
     def issuer(self, issuer: str) -> ExternalIssuer | None:
         return self._settings.get(issuer)
 
-    async def key(self, issuer: ExternalIssuer, kid: str) -> PyJWK:
+    async def key(self, issuer: ExternalIssuer, kid: str) -> tuple[PyJWK, float]:
+        """See ``JwksCache.key``."""
         cache = self._caches.get(issuer.issuer)
         if cache is None:
             raise InvalidToken("wrong issuer")
@@ -220,6 +225,8 @@ class ExternalIssuers:
             raise JwksUnavailable("the gateway is shutting down")
         if self._session is None:
             self._session = self._session_factory()
+        if self._session.closed:
+            raise JwksUnavailable("the HTTP session is closed")
         timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
         try:
             async with self._session.get(url, timeout=timeout) as response:

@@ -78,7 +78,8 @@ def is_valid_hash(encoded: str) -> bool:
 
 def _derive(secret: str, params: _Params, length: int) -> bytes:
     return hashlib.scrypt(
-        secret.encode("utf-8"),
+        # "surrogatepass": a string with a lone surrogate still hashes instead of raising.
+        secret.encode("utf-8", "surrogatepass"),
         salt=params.salt,
         n=params.n,
         r=params.r,

@@ -105,9 +105,13 @@ class TokenIssuer:
 def _checked_scopes(scopes: Iterable[str]) -> frozenset[str]:
     scope_set = frozenset(scopes)
     for scope in scope_set:
-        if not scope or any(char.isspace() or char in '"\\' for char in scope):
+        if not scope or not all(char in _SCOPE_CHARS for char in scope):
             raise ValueError(f"scope {scope!r} is not a valid scope token (RFC 6749 §3.3)")
     return scope_set
+
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+_SCOPE_CHARS = frozenset(chr(code) for code in range(0x21, 0x7F)) - {'"', "\\"}
 
 
 # A cache entry: the claims, the time window in which they are valid (leeway included), and
@@ -124,7 +128,8 @@ class TokenVerifier:
     function of the token's bytes and the keys, and the key ring is fixed for the verifier's
     lifetime (a rotation builds a new verifier, with an empty cache): the same bytes would verify
     the same way again. Only successes are cached, so garbage cannot fill the cache. External
-    issuers' keys can change under us, so their entries are re-verified after ``jwks_ttl``.
+    issuers' keys can change under us, so their entries are re-verified once the key set they
+    were checked with is no longer fresh (and not cached at all if it was already stale).
     """
 
     def __init__(
@@ -159,15 +164,19 @@ class TokenVerifier:
             raise InvalidToken("malformed token")
         now = self._clock()
         cached = self._cache.get(token)
-        if cached is not None and now < cached[3]:
-            self._cache.move_to_end(token)
-            claims, valid_from, valid_until, _ = cached
-            _check_window(valid_from, valid_until, now)
-            return claims
+        if cached is not None:
+            if now < cached[3]:
+                self._cache.move_to_end(token)
+                claims, valid_from, valid_until, _ = cached
+                _check_window(valid_from, valid_until, now)
+                return claims
+            del self._cache[token]  # its issuer's keys must be consulted again
         claims, recheck_at = await self._verify_signed(token)
         valid_from, valid_until = self._window(claims)
-        _check_window(valid_from, valid_until, self._clock())
-        self._remember(token, (claims, valid_from, valid_until, recheck_at))
+        now = self._clock()
+        _check_window(valid_from, valid_until, now)
+        if now < recheck_at:
+            self._remember(token, (claims, valid_from, valid_until, recheck_at))
         return claims
 
     async def _verify_signed(self, token: str) -> tuple[TokenClaims, float]:
@@ -191,10 +200,10 @@ class TokenVerifier:
     async def _verify_external(
         self, external: ExternalIssuers, settings: ExternalIssuer, token: str, kid: str
     ) -> tuple[TokenClaims, float]:
-        jwk = await external.key(settings, kid)
+        jwk, trusted_until = await external.key(settings, kid)
         payload = _decode(token, jwk, jwk.algorithm_name, settings.issuer, settings.audience,
                           _EXTERNAL_REQUIRED, strict_aud=False)
-        return _external_claims(payload, settings, token), self._clock() + settings.jwks_ttl
+        return _external_claims(payload, settings, token), trusted_until
 
     def _window(self, claims: TokenClaims) -> tuple[float, float]:
         starts = max(claims.not_before, claims.issued_at)

@@ -223,10 +223,12 @@ class RedisRevocationStore:
         self._healthy = False
         self._outage = False  # an outage is logged once, when it starts
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def start(self) -> None:
         if self._task is not None:
             return
+        self._closing = False
         await self._sync_step(self._interval)
         self._task = asyncio.create_task(self._sync_loop(), name="revocation-sync")
         self._task.add_done_callback(self._sync_ended)
@@ -235,13 +237,12 @@ class RedisRevocationStore:
         task, self._task = self._task, None
         if task is None:
             return
+        # On Python 3.11 a cancellation landing as a redis-py reply arrives can be swallowed
+        # (asyncio.wait_for inside redis-py returns the reply instead): the loop then stops at
+        # its next check of ``_closing``, so this wait still ends.
+        self._closing = True
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        await asyncio.wait([task])
 
     async def revoke_token(self, token_id: str, expires_at: float) -> None:
         async with self._lock:
@@ -283,7 +284,7 @@ class RedisRevocationStore:
 
     async def _sync_loop(self) -> None:
         delay = self._interval
-        while True:
+        while not self._closing:
             await asyncio.sleep(delay)
             delay = await self._sync_step(delay)
 

@@ -6,6 +6,7 @@ import json
 
 from aiohttp import web
 
+from gateway.auth.authenticator import user_cutoff
 from gateway.auth.grants import GRANT_TYPE, ClientCredentials, OAuthError, client_credentials
 from gateway.errors import BadRequest, Unauthenticated
 from gateway.keys import AUTHENTICATOR, CLOCK, GRANT, JWKS_BODY, REVOCATIONS, SETTINGS
@@ -43,14 +44,15 @@ async def jwks(request: web.Request) -> web.Response:
 
 
 async def revoke(request: web.Request) -> web.Response:
-    """``{"jti": id}``, ``{"token": jwt}`` or ``{"user": id}`` (every token issued before now)."""
+    """``{"jti": id}``, ``{"token": jwt}`` or ``{"user": id}`` (every token issued up to now)."""
     body = await _json_object(request)
     settings, now = request.app[SETTINGS], request.app[CLOCK]()
     store = request.app[REVOCATIONS]
     keep_until = now + settings.auth.max_token_ttl + settings.auth.leeway
     if set(body) == {"user"} and isinstance(body["user"], str) and body["user"]:
-        await store.revoke_user(body["user"], before=now, keep_until=keep_until)
-        return web.json_response({"revoked": {"user": body["user"], "before": int(now)}})
+        before = user_cutoff(now)
+        await store.revoke_user(body["user"], before=before, keep_until=keep_until)
+        return web.json_response({"revoked": {"user": body["user"], "before": int(before)}})
     if set(body) == {"jti"} and isinstance(body["jti"], str) and body["jti"]:
         await store.revoke_token(body["jti"], expires_at=keep_until)
         return web.json_response({"revoked": {"jti": body["jti"]}})

@@ -9,10 +9,11 @@ the Redis sync itself runs on real time (``sync_interval`` 0.1 s).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import pytest
 import redis.asyncio
@@ -78,9 +79,10 @@ class RedisBackend:
         return store
 
     async def stored(self) -> int:
-        tokens = await self.client.zcard(f"{self.prefix}revoked:tokens")
-        users = await self.client.zcard(f"{self.prefix}revoked:users")
-        keep = await self.client.zcard(f"{self.prefix}revoked:users:keep_until")
+        async with self.client.pipeline(transaction=True) as pipe:  # one consistent view
+            for name in ("tokens", "users", "users:keep_until"):
+                pipe.zcard(f"{self.prefix}revoked:{name}")
+            tokens, users, keep = await pipe.execute()
         assert users == keep
         return int(tokens) + int(users)
 
@@ -294,3 +296,32 @@ async def test_an_outage_keeps_the_mirror_and_recovery_catches_up(
         return relayed.healthy and relayed.is_revoked("elsewhere", "alice", T0)
     assert await eventually(caught_up, within=PATIENCE)
     assert relayed.is_revoked("before-outage", "alice", T0)
+
+
+class SwallowingRedis:
+    """Stands in for a redis-py client that, as on Python 3.11 at times, swallows a cancel."""
+
+    def __init__(self) -> None:
+        self.in_get = asyncio.Event()
+        self.gets = 0
+
+    def register_script(self, text: str) -> Callable[..., Awaitable[object]]:
+        async def snapshot(keys: list[str], args: list[str]) -> object:
+            return [b"0", [], [], []]
+        return snapshot
+
+    async def get(self, key: str) -> bytes:
+        self.gets += 1
+        if self.gets > 1:  # the first GET is start()'s; later ones are the sync task's
+            self.in_get.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(PATIENCE)
+        return b"0"
+
+
+async def test_close_ends_the_sync_even_when_the_client_swallows_the_cancel() -> None:
+    client = SwallowingRedis()
+    store = RedisRevocationStore(cast(redis.asyncio.Redis, client), "unused:", sync_interval=SYNC)
+    await store.start()
+    await asyncio.wait_for(client.in_get.wait(), PATIENCE)
+    await asyncio.wait_for(store.close(), PATIENCE)

@@ -56,6 +56,10 @@ def test_a_non_ascii_secret_round_trips() -> None:
     assert verify_secret("pässwörd-🔑", hash_secret("pässwörd-🔑"))
 
 
+def test_a_secret_with_a_lone_surrogate_does_not_raise(encoded: str) -> None:
+    assert not verify_secret("\ud800", encoded)
+
+
 def test_an_empty_secret_is_not_hashed() -> None:
     with pytest.raises(ValueError, match="empty"):
         hash_secret("")

@@ -1,0 +1,218 @@
+"""Gateway settings: the documented defaults file, environment overrides, errors naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.core.mapping_reader import ConfigError
+from gateway.settings import SecretRef, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+GATEWAY_YAML = ROOT / "config" / "gateway.yaml"
+# Settings fields whose YAML key lives elsewhere: field -> YAML path.
+RENAMED = {"users_file": "users.file", "log_level": "logging.level"}
+
+
+def field_paths(cls: type, prefix: str = "") -> set[str]:
+    """Every YAML key path the dataclass ``cls`` reads; list items are written ``name[]``."""
+    paths: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        name = RENAMED.get(field.name, field.name) if not prefix else field.name
+        paths |= _paths_of(hints[field.name], f"{prefix}{name}")
+    return paths
+
+
+def _paths_of(hint: Any, path: str) -> set[str]:
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _paths_of(args[0], path)
+    if hint is SecretRef:
+        return {f"{path}_env", f"{path}_file"}
+    if typing.get_origin(hint) is tuple and dataclasses.is_dataclass(args[0]):
+        return field_paths(args[0], f"{path}[].")
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return field_paths(hint, f"{path}.")
+    return {path}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_text(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Settings:
+    return load_settings(write(tmp_path, text), environ=environ or {})
+
+
+# --- the documented defaults file -----------------------------------------------------------------
+
+
+def test_the_documented_file_parses_to_the_defaults_it_documents() -> None:
+    settings = load_settings(GATEWAY_YAML, environ={})
+    defaults = Settings()
+    assert settings.server == defaults.server
+    assert settings.upstream == defaults.upstream
+    assert settings.redis == defaults.redis
+    assert (settings.users_file, settings.log_level) == (defaults.users_file, defaults.log_level)
+    assert settings.auth.signing_key == "gw-key-1"
+    assert [account.name for account in settings.accounts] == ["desk-alpha", "desk-beta"]
+
+
+def test_the_documented_file_has_every_settings_key() -> None:
+    text = GATEWAY_YAML.read_text(encoding="utf-8")
+    present = documented_paths(yaml.safe_load(text))
+    expected = field_paths(Settings)
+    assert present <= expected, f"keys the settings do not read: {sorted(present - expected)}"
+    # Keys the file shows only in a comment (a commented example, "or private_key_env") must
+    # start a comment.
+    comments = "\n".join(line for line in text.splitlines() if "#" in line)
+    undocumented = [
+        path for path in sorted(expected - present)
+        if not re.search(rf"#[\s\-]*(or\s+)?{re.escape(path.rpartition('.')[2])}\b", comments)
+    ]
+    assert not undocumented, f"settings keys config/gateway.yaml does not document: {undocumented}"
+
+
+def documented_paths(value: object, prefix: str = "") -> set[str]:
+    paths: set[str] = set()
+    if not isinstance(value, dict):
+        return paths
+    for key, item in value.items():
+        path = f"{prefix}{key}"
+        if isinstance(item, dict):
+            paths |= documented_paths(item, f"{path}.")
+        elif isinstance(item, list) and all(isinstance(element, dict) for element in item):
+            for element in item:  # an empty list: its items are documented in comments
+                paths |= documented_paths(element, f"{path}[].")
+        else:
+            paths.add(path)
+    return paths
+
+
+def test_the_key_walk_sees_nested_and_list_keys() -> None:
+    expected = field_paths(Settings)
+    assert {"server.port", "users.file", "logging.level", "auth.keys[].private_key_env",
+            "auth.keys[].public_key_file", "auth.external_issuers[].jwks_url",
+            "accounts[].token_file", "redis.revocation_sync_interval"} <= expected
+
+
+# --- environment overrides ------------------------------------------------------------------------
+
+
+def test_an_override_is_read_as_yaml() -> None:
+    settings = load_settings(GATEWAY_YAML, environ={"EXPIE_GW_AUTH__LEEWAY": "2"})
+    assert settings.auth.leeway == 2.0
+    assert isinstance(settings.auth.leeway, float)
+
+
+def test_an_override_sets_a_string() -> None:
+    settings = load_settings(GATEWAY_YAML, environ={"EXPIE_GW_REDIS__URL": "redis://x:6379/0"})
+    assert settings.redis.url == "redis://x:6379/0"
+
+
+def test_an_override_ending_in_a_colon_is_a_string_not_a_mapping() -> None:
+    settings = load_settings(GATEWAY_YAML, environ={"EXPIE_GW_REDIS__KEY_PREFIX": "gw-blue:"})
+    assert settings.redis.key_prefix == "gw-blue:"
+
+
+def test_an_override_sets_a_flow_mapping(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, "", {"EXPIE_GW_SERVER": "{host: 0.0.0.0, port: 9000}"})
+    assert (settings.server.host, settings.server.port) == ("0.0.0.0", 9000)
+
+
+def test_an_override_that_is_not_yaml_is_named() -> None:
+    with pytest.raises(ConfigError, match="EXPIE_GW_AUTH__LEEWAY"):
+        load_settings(GATEWAY_YAML, environ={"EXPIE_GW_AUTH__LEEWAY": "[1, 2"})
+
+
+def test_an_override_sets_a_yaml_list() -> None:
+    environ = {"EXPIE_GW_ACCOUNTS": "[{name: desk-gamma, token_file: /run/secrets/gamma}]"}
+    settings = load_settings(GATEWAY_YAML, environ=environ)
+    assert [(a.name, a.token.file) for a in settings.accounts] == [
+        ("desk-gamma", Path("/run/secrets/gamma"))]
+
+
+def test_an_override_creates_a_section_the_file_lacks(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, "server: {port: 9000}\n", {"EXPIE_GW_LOGGING__LEVEL": "debug"})
+    assert (settings.server.port, settings.log_level) == (9000, "DEBUG")
+
+
+def test_variables_outside_the_prefix_are_ignored() -> None:
+    settings = load_settings(GATEWAY_YAML, environ={"EXPIE_AUTH__LEEWAY": "x", "HOME": "/root"})
+    assert settings.auth.leeway == 5.0
+
+
+def test_the_config_file_variable_is_not_taken_for_a_key() -> None:
+    settings = load_settings(GATEWAY_YAML, environ={"EXPIE_GW_CONFIG": "/etc/gw.yaml"})
+    assert settings.server.port == 8080
+
+
+# --- errors name the key --------------------------------------------------------------------------
+
+
+def test_an_unknown_key_in_the_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"auth\.leway: unknown key"):
+        load_text(tmp_path, "auth:\n  leway: 2\n")
+
+
+def test_an_unknown_override_names_the_key_and_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(GATEWAY_YAML, environ={"EXPIE_GW_AUTH__NOPE": "1"})
+    assert "auth.nope" in str(caught.value)
+    assert "EXPIE_GW_AUTH__NOPE" in str(caught.value)
+
+
+def test_a_bad_overridden_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"server\.port.*EXPIE_GW_SERVER__PORT"):
+        load_settings(GATEWAY_YAML, environ={"EXPIE_GW_SERVER__PORT": "-1"})
+
+
+def test_an_error_in_the_file_does_not_blame_an_unrelated_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, "server: {port: -1}\n", {"EXPIE_GW_SERVER__HOST": "0.0.0.0"})
+    assert "EXPIE_GW" not in str(caught.value)
+
+
+KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("server: {port: -1}\n", "server.port"),
+        ("server: {port: eighty}\n", "server.port"),
+        ("upstream: {base_url: '127.0.0.1:8081'}\n", "upstream.base_url"),
+        ("auth:\n  keys:\n    - {kid: k1, algorithm: HS256, private_key_file: /k.pem}\n",
+         "auth.keys[0].algorithm"),
+        (f"auth:\n  signing_key: missing\n  keys:\n{KEY}", "auth.signing_key"),
+        ("auth:\n  keys:\n    - {kid: k1, private_key_env: K, private_key_file: /k.pem}\n",
+         "auth.keys[0].private_key_env"),
+        ("auth:\n  keys:\n    - {kid: k1}\n", "auth.keys[0].kid"),
+        ("auth: {token_ttl: 90000}\n", "auth.token_ttl"),
+        ("redis: {url: 'http://redis:6379'}\n", "redis.url"),
+        ("accounts:\n  - {name: desk-alpha}\n", "accounts[0].token_env"),
+        ("logging: {level: chatty}\n", "logging.level"),
+    ],
+    ids=["negative-port", "port-not-a-number", "url-without-scheme", "algorithm",
+         "signing-key-missing", "env-and-file", "no-key-material", "ttl-over-max", "redis-url",
+         "account-without-token", "log-level"],
+)
+def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+    assert str(caught.value).startswith(f"{key}:")
+
+
+def test_a_file_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mapping"):
+        load_text(tmp_path, "- server\n")
