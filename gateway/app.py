@@ -30,17 +30,26 @@ from gateway.keys import (
     GRANT,
     JWKS_BODY,
     KEYRING,
+    MARKET_DATA,
     REVOCATIONS,
     SETTINGS,
+    TELEMETRY,
     UPSTREAM,
 )
+from gateway.services.market_data import MarketData
 from gateway.settings import Settings
+from gateway.stores.market_cache import (
+    MarketCacheStore,
+    MemoryMarketCacheStore,
+    RedisMarketCacheStore,
+)
 from gateway.stores.redis_client import connect_redis
 from gateway.stores.revocation import (
     MemoryRevocationStore,
     RedisRevocationStore,
     RevocationStore,
 )
+from gateway.telemetry import Telemetry
 from gateway.upstream.rest import UpstreamClient
 from gateway.web.routes import setup_routes
 
@@ -52,6 +61,7 @@ class Overrides:
     directory: UserDirectory | None = None
     clock: Callable[[], float] | None = None
     revocations: RevocationStore | None = None
+    market_cache: MarketCacheStore | None = None
 
 
 class _SharedHttp:
@@ -88,13 +98,17 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     app[KEYRING] = keyring
     app[JWKS_BODY] = json.dumps(keyring.jwks()).encode()
     app[ACCOUNT_TOKENS] = tokens
-    app[UPSTREAM] = UpstreamClient(settings.upstream)
+    telemetry = app[TELEMETRY] = Telemetry()
+    app[UPSTREAM] = UpstreamClient(settings.upstream, events=telemetry.upstream)
+    telemetry.upstream.watch(app[UPSTREAM].breaker)
     app[GRANT] = ClientCredentialsGrant(directory, issuer, auth.token_ttl)
-    store, redis_client = _revocation_store(settings, given, clock)
-    app[REVOCATIONS] = store
-    app[AUTHENTICATOR] = Authenticator(verifier, store, directory)
-    app.cleanup_ctx.append(_revocation_lifetime(store, redis_client))
+    stores = _stores(settings, given, clock)
+    app[REVOCATIONS] = stores.revocations
+    app[AUTHENTICATOR] = Authenticator(verifier, stores.revocations, directory)
+    app[MARKET_DATA] = MarketData(app[UPSTREAM], stores.market_cache, settings.cache, clock)
+    app.cleanup_ctx.append(_stores_lifetime(stores))
     app.cleanup_ctx.append(_upstream_lifetime)
+    app.on_cleanup.append(_telemetry_shutdown)
     app.on_cleanup.append(_close_outbound(external, http))
     setup_routes(app)
     return app
@@ -124,29 +138,34 @@ def _close_outbound(
     return close
 
 
-def _revocation_store(
-    settings: Settings, given: Overrides, clock: Callable[[], float]
-) -> tuple[RevocationStore, Redis | None]:
-    """The store every replica shares (Redis) when configured, else the in-process one."""
-    if given.revocations is not None:
-        return given.revocations, None
-    if not settings.redis.url:
-        return MemoryRevocationStore(clock), None
-    client = connect_redis(settings.redis.url, settings.redis.max_connections)
-    store = RedisRevocationStore(client, settings.redis.key_prefix, clock,
-                                 settings.redis.revocation_sync_interval)
-    return store, client
+@dataclass(slots=True)
+class _Stores:
+    """The state shared by replicas: in Redis when configured, else in this process."""
+
+    revocations: RevocationStore
+    market_cache: MarketCacheStore
+    redis: Redis | None
 
 
-def _revocation_lifetime(
-    store: RevocationStore, client: Redis | None
-) -> Callable[[web.Application], AsyncIterator[None]]:
+def _stores(settings: Settings, given: Overrides, clock: Callable[[], float]) -> _Stores:
+    url, prefix = settings.redis.url, settings.redis.key_prefix
+    client = connect_redis(url, settings.redis.max_connections) if url else None
+    revocations = given.revocations or (
+        RedisRevocationStore(client, prefix, clock, settings.redis.revocation_sync_interval)
+        if client else MemoryRevocationStore(clock))
+    market_cache = given.market_cache or (
+        RedisMarketCacheStore(client, prefix) if client else MemoryMarketCacheStore(clock))
+    return _Stores(revocations, market_cache, client)
+
+
+def _stores_lifetime(stores: _Stores) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
-        await store.start()
+        await stores.revocations.start()
         yield
-        await store.close()
-        if client is not None:
-            await client.aclose()
+        await stores.revocations.close()
+        await stores.market_cache.close()
+        if stores.redis is not None:
+            await stores.redis.aclose()
 
     return lifetime
 
@@ -155,3 +174,7 @@ async def _upstream_lifetime(app: web.Application) -> AsyncIterator[None]:
     await app[UPSTREAM].start()
     yield
     await app[UPSTREAM].close()
+
+
+async def _telemetry_shutdown(app: web.Application) -> None:
+    app[TELEMETRY].shutdown()

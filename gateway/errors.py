@@ -9,6 +9,8 @@ Exception tree (rendered in one place, ``gateway.web.errors``):
   - ``Forbidden`` (403): authenticated, but not allowed (a missing scope, a market not allowed).
   - ``NotFound`` (404), ``MethodNotAllowed`` (405).
   - ``UpstreamUnavailable`` (502) / ``UpstreamTimeout`` (504): the exchange could not be reached.
+    - ``CircuitOpen`` (503, ``Retry-After``): the exchange has been failing; calls fail fast
+      until the next probe (a subclass, so "serve stale when the exchange fails" covers it).
   - ``StoreUnavailable`` (503): a backing store (Redis) failed.
 
 Errors from the upstream are not ``GatewayError``s: they pass through unchanged. Foreign
@@ -16,6 +18,8 @@ exceptions are translated where they are caught (``raise … from exc``) and nev
 """
 
 from __future__ import annotations
+
+import math
 
 
 class GatewayError(Exception):
@@ -102,6 +106,23 @@ class UpstreamUnavailable(GatewayError):
     code = "upstream_unavailable"
     status = 502
     temporary = True
+
+
+class CircuitOpen(UpstreamUnavailable):
+    """The circuit breaker of the upstream is open: the call was not sent."""
+
+    code = "upstream_circuit_open"
+    status = 503
+
+    def __init__(self, retry_after: float) -> None:
+        """``retry_after``: seconds until the next probe; 0 while a probe is in flight."""
+        self.retry_after = max(1, math.ceil(retry_after))
+        when = (f"the next probe is in {self.retry_after} s" if retry_after > 0
+                else "a probe call is deciding now")
+        super().__init__(f"the exchange is failing; calls to it are suspended and {when}")
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class UpstreamTimeout(GatewayError):

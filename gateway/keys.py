@@ -11,8 +11,10 @@ from gateway.auth.grants import ClientCredentialsGrant
 from gateway.auth.secret import Secret
 from gateway.auth.signing import KeyRing
 from gateway.core.principal import Principal
+from gateway.services.market_data import MarketData
 from gateway.settings import Settings
 from gateway.stores.revocation import RevocationStore
+from gateway.telemetry import Telemetry
 from gateway.upstream.rest import UpstreamClient
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -22,6 +24,8 @@ AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 GRANT = web.AppKey("grant", ClientCredentialsGrant)
 REVOCATIONS = web.AppKey("revocations", RevocationStore)
 UPSTREAM = web.AppKey("upstream", UpstreamClient)
+TELEMETRY = web.AppKey("telemetry", Telemetry)
+MARKET_DATA = web.AppKey("market_data", MarketData)
 ACCOUNT_TOKENS: web.AppKey[Mapping[str, Secret]] = web.AppKey("account_tokens")
 # The JWKS document rendered once: it changes only with the configuration.
 JWKS_BODY = web.AppKey("jwks_body", bytes)

@@ -48,6 +48,23 @@ class UpstreamSettings:
     connect_timeout: float = 2.0
     total_timeout: float = 10.0
     max_connections: int = 100
+    retries: int = 2
+    retry_backoff: float = 0.05
+    breaker_failures: int = 5
+    breaker_cooldown: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """Seconds each market-data endpoint stays fresh, and how the cache behaves around that."""
+
+    markets_ttl: float = 60.0
+    ticker_ttl: float = 1.0
+    depth_ttl: float = 1.0
+    local_ttl: float = 0.25
+    stale_if_error: float = 60.0
+    fill_lock: float = 5.0
+    fill_wait: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +116,7 @@ class RedisSettings:
 class Settings:
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
+    cache: CacheSettings = CacheSettings()
     auth: AuthSettings = AuthSettings()
     users_file: Path = Path("config/users.example.yaml")
     accounts: tuple[AccountSettings, ...] = ()
@@ -178,6 +196,7 @@ def parse_settings(data: object) -> Settings:
     settings = Settings(
         server=_server(root.section("server", {})),
         upstream=_upstream(root.section("upstream", {})),
+        cache=_cache(root.section("cache", {})),
         auth=_auth(root.section("auth", {})),
         users_file=_path(root.section("users", {}), "file", "config/users.example.yaml"),
         accounts=tuple(_account(s) for _, s in root.items("accounts", [], allow_empty=True)),
@@ -210,8 +229,28 @@ def _upstream(section: MappingReader) -> UpstreamSettings:
         connect_timeout=section.number("connect_timeout", 2.0),
         total_timeout=section.number("total_timeout", 10.0),
         max_connections=section.integer("max_connections", 100, minimum=1),
+        retries=section.integer("retries", 2),
+        retry_backoff=section.number("retry_backoff", 0.05),
+        breaker_failures=section.integer("breaker_failures", 5, minimum=1),
+        breaker_cooldown=section.number("breaker_cooldown", 5.0),
     )
     section.done()
+    return settings
+
+
+def _cache(section: MappingReader) -> CacheSettings:
+    settings = CacheSettings(
+        markets_ttl=section.number("markets_ttl", 60.0),
+        ticker_ttl=section.number("ticker_ttl", 1.0),
+        depth_ttl=section.number("depth_ttl", 1.0),
+        local_ttl=section.number("local_ttl", 0.25),
+        stale_if_error=section.number("stale_if_error", 60.0, allow_zero=True),
+        fill_lock=section.number("fill_lock", 5.0),
+        fill_wait=section.number("fill_wait", 2.0),
+    )
+    section.done()
+    if settings.local_ttl >= 1:
+        raise ConfigError(f"{section.key('local_ttl')}: the in-process level must stay under 1 s")
     return settings
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 
 from gateway.auth.tokens import InvalidToken, TokenClaims, TokenVerifier
-from gateway.auth.users import UserDirectory
+from gateway.auth.users import User, UserDirectory
 from gateway.core.principal import Principal, Scope
 from gateway.errors import MalformedCredentials, Unauthenticated
 from gateway.stores.revocation import RevocationStore
 
 SCOPE_NAMES = frozenset(scope.value for scope in Scope)
+PRINCIPALS_KEPT = 10_000
 
 
 class Authenticator:
@@ -26,6 +27,9 @@ class Authenticator:
         self._verifier = verifier
         self._revocations = revocations
         self.directory = directory
+        # Principals already built, by token id; reused only for the very same verified claims
+        # and the very same user record, so a changed or removed user is never served stale.
+        self._principals: dict[str, tuple[TokenClaims, User, Principal]] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
         claims = await self.verify(bearer_token(authorization))
@@ -44,10 +48,17 @@ class Authenticator:
         user = self.directory.get(claims.subject)
         if user is None:
             raise Unauthenticated("unknown user")
+        known = self._principals.get(claims.token_id)
+        if known is not None and known[0] is claims and known[1] is user:
+            return known[2]
         scopes = frozenset(Scope(name) for name in claims.scopes & SCOPE_NAMES) & user.scopes
-        return Principal(
+        principal = Principal(
             user_id=user.id, account=user.account, scopes=scopes, markets=user.markets,
             token_id=claims.token_id, issued_at=claims.issued_at, expires_at=claims.expires_at)
+        if len(self._principals) >= PRINCIPALS_KEPT:
+            del self._principals[next(iter(self._principals))]
+        self._principals[claims.token_id] = (claims, user, principal)
+        return principal
 
 
 def bearer_token(authorization: str | None) -> str:

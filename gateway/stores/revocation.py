@@ -7,12 +7,12 @@ therefore answers from a local mirror that a background task keeps in step with 
 version counter every ``sync_interval``, so every replica refuses a revoked token within one second
 without pub/sub). Entries are forgotten once the tokens they name would have expired anyway.
 
-Redis layout (``P`` is the prefix; every change is one Lua script, atomic with its version bump):
+Redis layout (every change is one Lua script, atomic with its version bump):
 
-- ``P revoked:tokens``            zset, member jti, score the token's ``exp``
-- ``P revoked:users``             zset, member subject, score ``before`` (only ever moves forward)
-- ``P revoked:users:keep_until``  zset, member subject, score when the entry may be forgotten
-- ``P revoked:version``           integer, INCRemented by every revocation
+- ``{prefix}revoked:tokens``            zset: member jti, score the token's ``exp``
+- ``{prefix}revoked:users``             zset: member subject, score ``before`` (only moves forward)
+- ``{prefix}revoked:users:keep_until``  zset: member subject, score when it may be forgotten
+- ``{prefix}revoked:version``           integer, INCRemented by every revocation
 
 Expired entries are purged with ZREMRANGEBYSCORE inside the same scripts (purges change nothing a
 check can see, so they do not bump the version). This module does not verify tokens, decide what

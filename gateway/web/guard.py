@@ -7,8 +7,9 @@ a guard becomes the gateway's JSON error with its status and headers.
 
 from __future__ import annotations
 
+import itertools
 import logging
-import uuid
+import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -23,12 +24,18 @@ logger = logging.getLogger(__name__)
 MAX_REQUEST_ID = 128
 
 
+# Made ids: a random per-process prefix and a counter. Unique across replicas and restarts in
+# practice, and far cheaper than a uuid4 per request (a getrandom system call each).
+_ID_PREFIX = secrets.token_hex(8)
+_id_counter = itertools.count(1)
+
+
 def request_id(request: web.Request) -> str:
     """The caller's ``X-Request-Id`` when it is sane, otherwise a new one."""
     given = request.headers.get("X-Request-Id", "")
     if 0 < len(given) <= MAX_REQUEST_ID and given.isascii() and given.isprintable():
         return given
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def public(handler: Handler) -> Handler:

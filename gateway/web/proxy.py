@@ -1,4 +1,4 @@
-"""The reference's REST paths, proxied: the caller's token is swapped for its account's.
+"""Forwarding a request to the exchange: the caller's token is swapped for its account's.
 
 The upstream path is rebuilt from the route template and the matched parameters (quoted), never
 copied from the raw request line, so what reaches the exchange is exactly what was authorized.
@@ -11,22 +11,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from gateway.core.principal import Scope
 from gateway.keys import ACCOUNT_TOKENS, PRINCIPAL, UPSTREAM
 from gateway.web.guard import Handler
-
-PROXIED: tuple[tuple[str, str, Scope], ...] = (
-    ("GET", "/v1/markets/{market}/ticker", Scope.MARKET_READ),
-    ("GET", "/v1/markets", Scope.MARKET_READ),
-    ("GET", "/v1/markets/{market}/depth", Scope.MARKET_READ),
-    ("POST", "/v1/markets/{market}/orders", Scope.ORDERS_WRITE),
-    ("POST", "/v1/markets/{market}/orders/{order_id}/_cancel", Scope.ORDERS_WRITE),
-    ("GET", "/v1/markets/{market}/orders/_pending", Scope.ORDERS_READ),
-    ("GET", "/v1/markets/{market}/orders/_finished", Scope.ORDERS_READ),
-    ("GET", "/v1/markets/{market}/orders/{order_id}", Scope.ORDERS_READ),
-    ("GET", "/v1/balance/summary", Scope.BALANCE_READ),
-    ("GET", "/v1/balance/history", Scope.BALANCE_READ),
-)
 
 
 def forward_to(template: str) -> Handler:

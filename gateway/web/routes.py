@@ -1,4 +1,4 @@
-"""The route table: every path, the scope it needs, and its handler."""
+"""The route table: every path and its guard (the exchange's paths are in ``exchange``)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from aiohttp import hdrs, web
 from gateway.core.principal import Scope
 from gateway.errors import MethodNotAllowed, NotFound
 from gateway.web.auth_routes import issue_token, jwks, revoke
+from gateway.web.exchange import EXCHANGE_ROUTES, exchange_handler
 from gateway.web.guard import protected, public
-from gateway.web.health import healthz, readyz
-from gateway.web.proxy import PROXIED, forward_to
+from gateway.web.health import healthz, metrics, readyz
 
 
 async def no_such_route(request: web.Request) -> web.Response:
@@ -24,11 +24,13 @@ async def no_such_route(request: web.Request) -> web.Response:
 
 def setup_routes(app: web.Application) -> None:
     router = app.router
-    for method, template, scope in PROXIED:
-        router.add_route(method, template, protected(scope, forward_to(template)))
+    for route in EXCHANGE_ROUTES:
+        router.add_route(route.method, route.template,
+                         protected(route.scope, exchange_handler(route)))
     router.add_post("/auth/token", public(issue_token))
     router.add_get("/.well-known/jwks.json", public(jwks), allow_head=False)
     router.add_post("/admin/tokens/revoke", protected(Scope.ADMIN, revoke))
     router.add_get("/healthz", public(healthz), allow_head=False)
     router.add_get("/readyz", public(readyz), allow_head=False)
+    router.add_get("/metrics", public(metrics), allow_head=False)
     router.add_route(hdrs.METH_ANY, "/{tail:.*}", public(no_such_route))

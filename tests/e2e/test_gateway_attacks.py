@@ -62,6 +62,12 @@ def signed(payload: dict[str, Any], key: SigningKey, kid: str | None = None) -> 
                       headers={"kid": kid or key.kid, "typ": "JWT"})
 
 
+def calls_beyond_the_markets_list(stats: dict[str, Any]) -> dict[str, int]:
+    """Upstream calls, leaving out the markets list the gateway checks market names against."""
+    return {route: count for route, count in stats["rest_requests"].items()
+            if route != "GET /v1/markets"}
+
+
 def challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, params = header.partition(" ")
     return scheme, dict(re.findall(r'([a-z_]+)="([^"]*)"', params))
@@ -83,7 +89,7 @@ async def assert_refused(
     assert body["error"]["code"] == error
     assert why in body["error"]["message"]
     assert body["error"]["request_id"] == answer["X-Request-Id"]
-    assert (await sim.stats())["rest_requests"] == (forwarded or {})
+    assert calls_beyond_the_markets_list(await sim.stats()) == (forwarded or {})
 
 
 async def revoke(gw: RunningGateway, what: dict[str, str]) -> dict[str, Any]:
@@ -101,7 +107,7 @@ async def test_a_hand_made_token_with_nothing_wrong_is_accepted(
 ) -> None:
     token = signed(claims(gw), gw.keyring.signing)
     assert (await gw.call("GET", TICKER, token))[0] == 200
-    assert (await sim.stats())["rest_requests"] == {TICKER_ROUTE: 1}
+    assert calls_beyond_the_markets_list(await sim.stats()) == {TICKER_ROUTE: 1}
 
 
 # --- the attacks ------------------------------------------------------------------------------
@@ -340,7 +346,8 @@ async def exercise(call: Recorder, gw: RunningGateway, sim: RunningSimulator) ->
         assert await call("GET", path) == 200
     assert await call("GET", "/v2/nothing", admin) == 404
     await sim.server.close()
-    assert await call("GET", "/v1/markets", gw.token()) == 502
+    # 502 names the failed connection; 503 once the circuit breaker has opened on the failures.
+    assert await call("GET", "/v1/balance/summary", gw.token()) in (502, 503)
 
 
 async def test_upstream_account_tokens_appear_in_no_log_response_or_repr(

@@ -103,7 +103,8 @@ async def test_markets_outside_the_allow_list_are_refused(
     status, body, _ = await gw.call("GET", "/v1/markets/ETHBTC/ticker", token)
     assert (status, body["error"]["code"]) == (403, "market_not_allowed")
     assert "ETHBTC" in body["error"]["message"]
-    assert (await sim.stats())["rest_requests"] == {"GET /v1/markets/{market}/ticker": 1}
+    assert (await sim.stats())["rest_requests"] == {
+        "GET /v1/markets": 1, "GET /v1/markets/{market}/ticker": 1}
 
 
 async def test_unknown_routes_and_methods(gw: RunningGateway) -> None:

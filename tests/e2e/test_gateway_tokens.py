@@ -308,7 +308,7 @@ async def test_a_healthy_gateway_is_alive_and_ready(gw: RunningGateway) -> None:
     assert (await gw.call("GET", "/healthz"))[:2] == (200, {"status": "ok"})
     status, body, _ = await gw.call("GET", "/readyz")
     assert (status, body) == (200, {"status": "ready", "checks": {
-        "upstream_client": True, "revocation_store": True}})
+        "upstream_client": True, "revocation_store": True}, "upstream_circuit": "closed"})
 
 
 async def test_a_gateway_whose_redis_is_unreachable_is_alive_but_not_ready(
@@ -321,7 +321,7 @@ async def test_a_gateway_whose_redis_is_unreachable_is_alive_but_not_ready(
     status, body, _ = await gw.call("GET", "/readyz")
     assert status == 503
     assert body == {"status": "not_ready", "checks": {
-        "upstream_client": True, "revocation_store": False}}
+        "upstream_client": True, "revocation_store": False}, "upstream_circuit": "closed"}
     status, body, _ = await gw.call("POST", "/admin/tokens/revoke",
                                     gw.token("desk-admin", ["admin"]), json={"jti": "some-id"})
     assert (status, body["error"]["code"]) == (503, "store_unavailable")

@@ -1,0 +1,220 @@
+"""Market data (markets list, depth, ticker) through a two-level cache, in front of the exchange.
+
+Level 1 is a small in-process map with a sub-second lifetime; level 2 is the shared store (Redis,
+shared by every replica, or in-process when there is no Redis). A miss is filled once: callers in
+this process share one flight, and replicas share one fill through a short lock in the store —
+the others wait for the value (``fill_wait``) and only then fetch it themselves. When the
+exchange fails, a value up to ``stale_if_error`` seconds old is served, labelled STALE. Bodies are
+the exchange's bytes. A store failure degrades to the exchange, never to an error.
+
+No aiohttp.web here: the web layer turns a ``MarketAnswer`` into a response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from gateway.auth.secret import Secret
+from gateway.errors import NotFound, StoreUnavailable, UpstreamUnavailable
+from gateway.services.single_flight import SingleFlight
+from gateway.settings import CacheSettings
+from gateway.stores.market_cache import CachedResponse, MarketCacheStore
+from gateway.upstream.rest import UpstreamClient, UpstreamResponse
+
+logger = logging.getLogger(__name__)
+FILL_POLL = 0.02
+FAILED_STATUSES = frozenset({500, 502, 503, 504})
+
+
+class Endpoint(Enum):
+    MARKETS = "markets"
+    TICKER = "ticker"
+    DEPTH = "depth"
+
+    def path(self, market: str | None) -> str:
+        return "/v1/markets" if self is Endpoint.MARKETS else f"/v1/markets/{market}/{self.value}"
+
+    def key(self, market: str | None) -> str:
+        return self.value if self is Endpoint.MARKETS else f"{self.value}:{market}"
+
+
+class LiveDepth(Protocol):
+    """A live order book that can answer depth itself (the WebSocket fan-out provides one)."""
+
+    def depth_body(self, market: str) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MarketAnswer:
+    status: int
+    body: bytes
+    content_type: str | None
+    cache: str
+    age: int
+
+
+class MarketData:
+    def __init__(
+        self, upstream: UpstreamClient, store: MarketCacheStore, settings: CacheSettings,
+        clock: Callable[[], float], live_depth: LiveDepth | None = None,
+    ) -> None:
+        self._upstream = upstream
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._live_depth = live_depth
+        self._ttl = {Endpoint.MARKETS: settings.markets_ttl, Endpoint.TICKER: settings.ticker_ttl,
+                     Endpoint.DEPTH: settings.depth_ttl}
+        self._local: dict[str, tuple[CachedResponse, float]] = {}
+        self._flights: SingleFlight[MarketAnswer] = SingleFlight()
+        self._names: tuple[bytes, frozenset[str]] = (b"", frozenset())
+        self._store_failing = False
+
+    async def fetch(self, endpoint: Endpoint, market: str | None, token: Secret) -> MarketAnswer:
+        key = endpoint.key(market)
+        now = self._clock()
+        local = self._local.get(key)
+        if local is not None and now < local[1]:
+            return _answer(local[0], "HIT", now)
+        if endpoint is Endpoint.DEPTH and self._live_depth is not None and market is not None:
+            body = self._live_depth.depth_body(market)
+            if body is not None:
+                return MarketAnswer(200, body, "application/json", "HIT", 0)
+        return await self._flights.run(key, lambda: self._fill(endpoint, market, key, token))
+
+    async def require_market(self, market: str, token: Secret) -> None:
+        """``NotFound`` unless ``market`` is in the exchange's (cached) markets list."""
+        if market not in await self.market_names(token):
+            raise NotFound(f"unknown market {market}", code="unknown_market")
+
+    async def market_names(self, token: Secret) -> frozenset[str]:
+        answer = await self.fetch(Endpoint.MARKETS, None, token)
+        if answer.status != 200:
+            raise UpstreamUnavailable(
+                f"the exchange's markets list is unavailable (status {answer.status})")
+        if answer.body is not self._names[0]:
+            self._names = (answer.body, frozenset(_names_in(answer.body)))
+        return self._names[1]
+
+    async def _fill(
+        self, endpoint: Endpoint, market: str | None, key: str, token: Secret
+    ) -> MarketAnswer:
+        ttl = self._ttl[endpoint]
+        shared = await self._get(key)
+        if shared is not None and self._clock() - shared.stored_at < ttl:
+            return self._hit(key, shared, ttl)
+        lock = await self._lock(key)
+        if lock is None:
+            waited = await self._wait_for_fill(key, shared.stored_at if shared else 0.0)
+            if waited is not None:
+                return self._hit(key, waited, ttl)
+        try:
+            return await self._refresh(endpoint, market, key, token, shared)
+        finally:
+            if lock:
+                await self._unlock(key, lock)
+
+    async def _refresh(
+        self, endpoint: Endpoint, market: str | None, key: str, token: Secret,
+        shared: CachedResponse | None,
+    ) -> MarketAnswer:
+        try:
+            response = await self._upstream.send("GET", endpoint.path(market), token)
+        except UpstreamUnavailable as exc:  # includes timeouts and an open circuit
+            return self._stale_or_raise(shared, exc)
+        if response.status in FAILED_STATUSES and shared is not None and self._servable(shared):
+            return _answer(shared, "STALE", self._clock())
+        if response.status != 200:
+            return MarketAnswer(response.status, response.body, response.content_type, "MISS", 0)
+        entry = CachedResponse(response.body, _content_type(response), self._clock())
+        await self._put(key, entry, self._ttl[endpoint])
+        self._remember(key, entry, self._ttl[endpoint])
+        return _answer(entry, "MISS", entry.stored_at)
+
+    def _stale_or_raise(
+        self, shared: CachedResponse | None, error: UpstreamUnavailable
+    ) -> MarketAnswer:
+        if shared is not None and self._servable(shared):
+            return _answer(shared, "STALE", self._clock())
+        raise error
+
+    def _servable(self, shared: CachedResponse) -> bool:
+        return self._clock() - shared.stored_at <= self._settings.stale_if_error
+
+    def _hit(self, key: str, entry: CachedResponse, ttl: float) -> MarketAnswer:
+        self._remember(key, entry, ttl)
+        return _answer(entry, "HIT", self._clock())
+
+    def _remember(self, key: str, entry: CachedResponse, ttl: float) -> None:
+        until = min(entry.stored_at + ttl, self._clock() + self._settings.local_ttl)
+        self._local[key] = (entry, until)
+
+    async def _wait_for_fill(self, key: str, older_than: float) -> CachedResponse | None:
+        """Another replica holds the fill lock: wait (bounded) for the value it stores."""
+        deadline = self._clock() + self._settings.fill_wait
+        while self._clock() < deadline:
+            await asyncio.sleep(FILL_POLL)
+            entry = await self._get(key)
+            if entry is not None and entry.stored_at > older_than:
+                return entry
+        return None
+
+    async def _get(self, key: str) -> CachedResponse | None:
+        try:
+            entry = await self._store.get(key)
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            return None
+        self._store_failing = False
+        return entry
+
+    async def _put(self, key: str, entry: CachedResponse, ttl: float) -> None:
+        try:
+            await self._store.put(key, entry, ttl + self._settings.stale_if_error)
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+
+    async def _lock(self, key: str) -> str | None:
+        """The fill lock's token; ``""`` (fill without a lock) when the store cannot be reached."""
+        try:
+            return await self._store.try_lock(key, self._settings.fill_lock)
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            return ""
+
+    async def _unlock(self, key: str, lock: str) -> None:
+        try:
+            await self._store.unlock(key, lock)
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: StoreUnavailable) -> None:
+        if not self._store_failing:
+            logger.warning("market cache store unavailable, going to the exchange: %s", exc)
+        self._store_failing = True
+
+
+def _answer(entry: CachedResponse, cache: str, now: float) -> MarketAnswer:
+    return MarketAnswer(200, entry.body, entry.content_type, cache,
+                        max(0, int(now - entry.stored_at)))
+
+
+def _content_type(response: UpstreamResponse) -> str:
+    return response.content_type or "application/json"
+
+
+def _names_in(body: bytes) -> list[str]:
+    try:
+        markets = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(markets, list):
+        return []
+    return [item["name"] for item in markets
+            if isinstance(item, dict) and isinstance(item.get("name"), str)]

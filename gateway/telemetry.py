@@ -1,0 +1,149 @@
+"""OpenTelemetry metrics of the gateway, and their Prometheus text rendering for ``GET /metrics``.
+
+Metric names live here, nowhere else. Each ``Telemetry`` owns its own ``MeterProvider`` read by an
+``InMemoryMetricReader`` (no global provider: several apps in one process stay apart, and no
+exporter package is needed); ``render_prometheus`` turns one collection into the text exposition
+format (version 0.0.4) for the instruments defined below.
+
+Metrics must stay off the hot path: counters move on retries and failures only, never per
+successful request, and the circuit-state gauge is observed at scrape time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData, NumberDataPoint
+
+from gateway.upstream.breaker import CircuitBreaker, CircuitState
+
+CIRCUIT_STATE = "expie_gateway.upstream.circuit_state"
+RETRIES = "expie_gateway.upstream.retries"
+FAILURES = "expie_gateway.upstream.failures"
+METER_NAME = "expie_gateway"
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+Attributes = Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    name: str
+    kind: str  # the Prometheus type: "gauge" or "counter"
+    description: str
+
+    @property
+    def exposed_name(self) -> str:
+        """Prometheus spelling: dots become underscores, counters end in ``_total``."""
+        base = self.name.replace(".", "_")
+        return f"{base}_total" if self.kind == "counter" else base
+
+
+INSTRUMENTS = (
+    Instrument(CIRCUIT_STATE, "gauge",
+               "State of the upstream circuit breaker: 0 closed, 1 half-open, 2 open."),
+    Instrument(RETRIES, "counter", "Upstream GET attempts repeated after a failure, by cause."),
+    Instrument(FAILURES, "counter", "Failed upstream attempts (counted by the breaker), by cause."),
+)
+
+
+class UpstreamMetrics:
+    """The upstream client's ``UpstreamEvents``, and the circuit-state gauge of watched breakers."""
+
+    def __init__(self, meter: Meter, upstream: str = "expie") -> None:
+        self._upstream = upstream
+        self._retries = meter.create_counter(
+            RETRIES, unit="1", description=INSTRUMENTS[1].description)
+        self._failures = meter.create_counter(
+            FAILURES, unit="1", description=INSTRUMENTS[2].description)
+        self._breakers: list[tuple[Attributes, CircuitBreaker]] = []
+        self._by_cause: dict[str, Attributes] = {}
+        meter.create_observable_gauge(CIRCUIT_STATE, callbacks=[self._observe],
+                                      description=INSTRUMENTS[0].description)
+
+    def watch(self, breaker: CircuitBreaker, upstream: str | None = None) -> None:
+        self._breakers.append(({"upstream": upstream or self._upstream}, breaker))
+
+    def retried(self, cause: str) -> None:
+        self._retries.add(1, self._attributes(cause))
+
+    def failed(self, cause: str) -> None:
+        self._failures.add(1, self._attributes(cause))
+
+    def _attributes(self, cause: str) -> Attributes:
+        attributes = self._by_cause.get(cause)
+        if attributes is None:
+            attributes = self._by_cause[cause] = {"upstream": self._upstream, "cause": cause}
+        return attributes
+
+    def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(CIRCUIT_VALUES[breaker.state], attributes)
+                for attributes, breaker in self._breakers]
+
+
+class Telemetry:
+    """One app's meters; ``shutdown`` when the app stops."""
+
+    def __init__(self) -> None:
+        self._reader = InMemoryMetricReader()
+        self._provider = MeterProvider(metric_readers=[self._reader], shutdown_on_exit=False)
+        self.upstream = UpstreamMetrics(self._provider.get_meter(METER_NAME))
+
+    def render_prometheus(self) -> str:
+        points = _points_by_name(self._reader.get_metrics_data())
+        return "".join(_render(instrument, points.get(instrument.name, []))
+                       for instrument in INSTRUMENTS)
+
+    def shutdown(self) -> None:
+        self._provider.shutdown()
+
+
+def _points_by_name(data: MetricsData | None) -> dict[str, list[NumberDataPoint]]:
+    found: dict[str, list[NumberDataPoint]] = {}
+    for resource in data.resource_metrics if data is not None else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found.setdefault(metric.name, []).extend(
+                    point for point in metric.data.data_points
+                    if isinstance(point, NumberDataPoint))
+    return found
+
+
+def _render(instrument: Instrument, points: list[NumberDataPoint]) -> str:
+    name = instrument.exposed_name
+    lines = [f"# HELP {name} {instrument.description}", f"# TYPE {name} {instrument.kind}"]
+    lines.extend(f"{name}{_labels(point.attributes or {})} {_number(point.value)}"
+                 for point in points)
+    return "\n".join(lines) + "\n"
+
+
+def _labels(attributes: Mapping[str, object]) -> str:
+    if not attributes:
+        return ""
+    pairs = ",".join(f'{_label_name(key)}="{_escape(str(value))}"'
+                     for key, value in sorted(attributes.items()))
+    return "{" + pairs + "}"
+
+
+def _label_name(key: str) -> str:
+    return "".join(char if char.isalnum() or char == "_" else "_" for char in key)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+

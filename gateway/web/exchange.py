@@ -1,0 +1,81 @@
+"""The Expie reference's REST paths: the scope each needs, the query it takes, how it is served.
+
+Before anything reaches the exchange or the cache, the request is checked here: only the query
+parameters the reference defines (``limit``/``offset`` as non-negative integers), an order id
+that is a number, and a market the exchange lists (from the cached markets list) — so a bad call
+is a 400/404 from the gateway and costs the exchange nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.core.principal import Scope
+from gateway.errors import BadRequest
+from gateway.keys import ACCOUNT_TOKENS, MARKET_DATA, PRINCIPAL
+from gateway.services.market_data import Endpoint
+from gateway.web.guard import Handler
+from gateway.web.market_data import serve_cached
+from gateway.web.proxy import forward_to
+
+PAGING = frozenset({"limit", "offset"})
+INTEGER_PARAMETERS = PAGING
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRoute:
+    method: str
+    template: str
+    scope: Scope
+    query: frozenset[str] = frozenset()
+    cached: Endpoint | None = None
+
+
+# Matched in this order: the hottest route first, fixed segments before ``{order_id}``.
+EXCHANGE_ROUTES = (
+    ExchangeRoute("GET", "/v1/markets/{market}/ticker", Scope.MARKET_READ, cached=Endpoint.TICKER),
+    ExchangeRoute("GET", "/v1/markets", Scope.MARKET_READ, cached=Endpoint.MARKETS),
+    ExchangeRoute("GET", "/v1/markets/{market}/depth", Scope.MARKET_READ, cached=Endpoint.DEPTH),
+    ExchangeRoute("POST", "/v1/markets/{market}/orders", Scope.ORDERS_WRITE),
+    ExchangeRoute("POST", "/v1/markets/{market}/orders/{order_id}/_cancel", Scope.ORDERS_WRITE),
+    ExchangeRoute("GET", "/v1/markets/{market}/orders/_pending", Scope.ORDERS_READ, PAGING),
+    ExchangeRoute("GET", "/v1/markets/{market}/orders/_finished", Scope.ORDERS_READ, PAGING),
+    ExchangeRoute("GET", "/v1/markets/{market}/orders/{order_id}", Scope.ORDERS_READ, PAGING),
+    ExchangeRoute("GET", "/v1/balance/summary", Scope.BALANCE_READ),
+    ExchangeRoute("GET", "/v1/balance/history", Scope.BALANCE_READ, PAGING | {"coin_code"}),
+)
+
+
+def exchange_handler(route: ExchangeRoute) -> Handler:
+    serve = serve_cached(route.cached) if route.cached else forward_to(route.template)
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        check_query(request, route.query)
+        order_id = request.match_info.get("order_id")
+        if order_id is not None and not order_id.isdigit():
+            raise BadRequest(f"order id {order_id!r} is not a number", code="bad_order_id")
+        market = request.match_info.get("market")
+        if market is not None:
+            token = request.app[ACCOUNT_TOKENS][request[PRINCIPAL].account]
+            await request.app[MARKET_DATA].require_market(market, token)
+        return await serve(request)
+
+    return checked
+
+
+def check_query(request: web.Request, allowed: frozenset[str]) -> None:
+    query = request.query
+    if not query:
+        return
+    for name in query:
+        if name not in allowed:
+            accepted = ", ".join(sorted(allowed)) or "none"
+            raise BadRequest(f"unknown query parameter {name!r} (this call takes: {accepted})",
+                             code="bad_query")
+        if len(query.getall(name)) > 1:
+            raise BadRequest(f"query parameter {name!r} is repeated", code="bad_query")
+        if name in INTEGER_PARAMETERS and not query[name].isdigit():
+            raise BadRequest(f"query parameter {name!r} must be a non-negative integer",
+                             code="bad_query")
