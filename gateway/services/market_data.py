@@ -115,6 +115,10 @@ class MarketData:
             if waited is not None:
                 return self._hit(key, waited, ttl)
         try:
+            if lock:  # a replica may have filled it and unlocked since we looked: look again
+                filled = await self._get(key)
+                if filled is not None and self._clock() - filled.stored_at < ttl:
+                    return self._hit(key, filled, ttl)
             return await self._refresh(endpoint, market, key, token, shared)
         finally:
             if lock:

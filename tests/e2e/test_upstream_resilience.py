@@ -2,7 +2,8 @@
 
 The simulator's fault knobs make the exchange fail and its request counters prove what reached
 it. Paths outside the market-data cache (balances, orders) are used, so every call the gateway
-lets through is one upstream request.
+lets through is one upstream request; calls naming a market first need the gateway's cached
+markets list, so tests using them fill that cache before the faults start.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from gateway.auth.secret import Secret
+from gateway.upstream.rest import UpstreamClient
 from tests.conftest import StartGateway
 from tests.gateway_harness import RunningGateway, gateway_settings
 from tests.simulator_harness import RunningSimulator
@@ -36,6 +39,22 @@ async def gateway_with(
 async def upstream_requests(sim: RunningSimulator) -> dict[str, int]:
     counts: dict[str, int] = (await sim.stats())["rest_requests"]
     return counts
+
+
+async def requests_since(sim: RunningSimulator, before: dict[str, int]) -> dict[str, int]:
+    """Upstream requests per route since the ``before`` snapshot (routes with none left out)."""
+    now = await upstream_requests(sim)
+    return {route: count - before.get(route, 0) for route, count in now.items()
+            if count != before.get(route, 0)}
+
+
+async def balance_requests(sim: RunningSimulator) -> int:
+    return (await upstream_requests(sim)).get(BALANCE_ROUTE, 0)
+
+
+async def fill_markets_cache(gateway: RunningGateway) -> None:
+    status, body, _ = await gateway.call("GET", f"{ORDERS}/_pending", gateway.token())
+    assert status == 200, body
 
 
 async def metric(gateway: RunningGateway, series: str) -> float | None:
@@ -84,6 +103,40 @@ async def test_a_flaky_exchange_is_hidden_by_retries(
     assert (await upstream_requests(sim))[BALANCE_ROUTE] > 4
 
 
+class Recorder:
+    """The client's injected ``sleep`` and ``UpstreamEvents``: what it would wait, what it says."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+        self.events: list[tuple[str, str]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+    def retried(self, cause: str) -> None:
+        self.events.append(("retried", cause))
+
+    def failed(self, cause: str) -> None:
+        self.events.append(("failed", cause))
+
+
+async def test_the_backoff_doubles_with_full_jitter(sim: RunningSimulator) -> None:
+    settings = dataclasses.replace(gateway_settings(sim).upstream, retries=3, retry_backoff=0.2)
+    recorder = Recorder()
+    client = UpstreamClient(settings, events=recorder, random_source=lambda: 0.5,
+                            sleep=recorder.sleep)
+    await client.start()
+    try:
+        await sim.set_faults(error_rate=1.0, error_status=504)
+        answer = await client.send("GET", "/v1/balance/summary", Secret(sim.token()))
+    finally:
+        await client.close()
+    assert answer.status == 504
+    assert recorder.slept == pytest.approx([0.1, 0.2, 0.4])
+    assert recorder.events == [("failed", "http_504")] + [
+        ("retried", "http_504"), ("failed", "http_504")] * 3
+
+
 async def test_a_timeout_is_retried_for_a_get(
     sim: RunningSimulator, start_gateway_for: StartGateway
 ) -> None:
@@ -99,6 +152,8 @@ async def test_orders_are_never_retried(
     sim: RunningSimulator, start_gateway_for: StartGateway
 ) -> None:
     gateway = await gateway_with(sim, start_gateway_for, retries=3, breaker_failures=100)
+    await fill_markets_cache(gateway)
+    before = await upstream_requests(sim)
     await sim.set_faults(error_rate=1.0, error_status=503)
     token = gateway.token()
     status, body, _ = await gateway.call("POST", ORDERS, token,
@@ -106,14 +161,14 @@ async def test_orders_are_never_retried(
     assert (status, body) == (503, UNAVAILABLE)
     status, body, _ = await gateway.call("POST", f"{ORDERS}/1/_cancel", token)
     assert (status, body) == (503, UNAVAILABLE)
-    assert await upstream_requests(sim) == {
+    assert await requests_since(sim, before) == {
         "POST /v1/markets/{market}/orders": 1,
         "POST /v1/markets/{market}/orders/{order_id}/_cancel": 1,
     }
     assert (await sim.stats())["orders"] == {"placed": 0, "cancelled": 0}
 
 
-@pytest.mark.parametrize("injected", [429, 500])
+@pytest.mark.parametrize("injected", [400, 404, 429, 500])
 async def test_other_errors_are_not_retried(
     sim: RunningSimulator, start_gateway_for: StartGateway, injected: int
 ) -> None:
@@ -129,9 +184,10 @@ async def test_a_4xx_of_the_exchange_is_not_retried(
     sim: RunningSimulator, start_gateway_for: StartGateway
 ) -> None:
     gateway = await gateway_with(sim, start_gateway_for, retries=3, breaker_failures=1)
-    status, body, _ = await gateway.call("GET", f"{ORDERS}/424242", gateway.token())
-    assert status == 404, body
-    assert await upstream_requests(sim) == {"GET /v1/markets/{market}/orders/{order_id}": 1}
+    status, body, _ = await gateway.call("GET", "/v1/balance/history?coin_code=NOPE",
+                                         gateway.token())
+    assert (status, body) == (400, {"code": 1, "message": "invalid argument"})
+    assert await upstream_requests(sim) == {"GET /v1/balance/history": 1}
     assert await circuit(gateway) == "closed"
 
 
@@ -142,6 +198,7 @@ async def open_circuit(sim: RunningSimulator, start_gateway_for: StartGateway) -
     """A gateway whose circuit opened after three 503s (each passed through) and no retries."""
     gateway = await gateway_with(sim, start_gateway_for, retries=0, breaker_failures=3,
                                  breaker_cooldown=0.5)
+    await fill_markets_cache(gateway)
     await sim.set_faults(error_rate=1.0, error_status=503)
     for _ in range(3):
         assert (await gateway.call("GET", BALANCE, gateway.token()))[:2] == (503, UNAVAILABLE)
@@ -171,7 +228,8 @@ async def test_the_circuit_opens_and_calls_fail_fast(
     status, body, _ = await gateway.call("POST", ORDERS, gateway.token(),
                                          data={"side": "1", "amount": "1", "price": "0.2"})
     assert (status, body["error"]["code"]) == (503, "upstream_circuit_open")
-    assert await upstream_requests(sim) == {BALANCE_ROUTE: 3}
+    assert await balance_requests(sim) == 3
+    assert "POST /v1/markets/{market}/orders" not in await upstream_requests(sim)
     assert await circuit(gateway) == "open"
     assert await metric(gateway, GAUGE) == 2
 
@@ -183,7 +241,7 @@ async def test_the_circuit_recovers_after_one_successful_probe(
     await sim.set_faults(clear=True)
     status, body = await after_cooldown(gateway)
     assert status == 200, body
-    assert await upstream_requests(sim) == {BALANCE_ROUTE: 4}
+    assert await balance_requests(sim) == 4
     assert await circuit(gateway) == "closed"
     assert await metric(gateway, GAUGE) == 0
     assert (await gateway.call("GET", BALANCE, gateway.token()))[0] == 200
@@ -196,7 +254,7 @@ async def test_a_failed_probe_keeps_the_circuit_open(
     assert await after_cooldown(gateway) == (503, UNAVAILABLE)
     status, body, _ = await gateway.call("GET", BALANCE, gateway.token())
     assert (status, body["error"]["code"]) == (503, "upstream_circuit_open")
-    assert await upstream_requests(sim) == {BALANCE_ROUTE: 4}
+    assert await balance_requests(sim) == 4
     assert await circuit(gateway) == "open"
     assert await metric(gateway, GAUGE) == 2
 
@@ -215,5 +273,5 @@ async def test_only_one_probe_reaches_the_exchange(
         await asyncio.sleep(0.05)
     refused = [body["error"]["code"] for status, body, _ in answers if status != 200]
     assert refused == ["upstream_circuit_open"] * 4
-    assert await upstream_requests(sim) == {BALANCE_ROUTE: 4}
+    assert await balance_requests(sim) == 4
     assert await circuit(gateway) == "closed"
