@@ -1,4 +1,7 @@
-"""What the gateway adds to a ticker call: proxied through it versus direct to the simulator.
+"""What the gateway adds to a proxied call: through it versus direct to the simulator.
+
+The call is ``GET /v1/markets/BCCBTC/orders/_pending``: market data (the ticker) is served from
+the gateway's cache, so an uncached, account-scoped read is what still costs a proxy hop.
 
 Starts ``python -m simulator`` (uvloop, quiet market by default) and ``expie-gateway serve`` (a
 config written to a tmp dir: a key from ``expie-gateway keys generate``, the simulator accounts'
@@ -25,15 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import json
 import os
 import platform
 import re
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,11 +41,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench.common import (
     HOST,
     REPO,
+    SIM_CONFIG,
     BenchError,
     Measured,
     Server,
@@ -53,11 +52,19 @@ from bench.common import (
     Target,
     alternate,
     bar_chart,
+    clean_environment,
     ensure_wrk,
     env_number,
     free_port,
+    gateway_cli,
+    parse_collapsed,
+    py_spy,
+    record_profile,
     run_wrk,
     running,
+    simulator_command,
+    top_frames,
+    write_gateway_config,
     write_result,
     wrk_version,
 )
@@ -71,12 +78,9 @@ from simulator.config import load_config
 
 NAME = "auth_overhead"
 MARKET = "BCCBTC"
-PATH = f"/v1/markets/{MARKET}/ticker"
-SIM_CONFIG = REPO / "config" / "simulator.yaml"
-USERS_FILE = REPO / "config" / "users.example.yaml"
+PATH = f"/v1/markets/{MARKET}/orders/_pending"
 USER = "demo-trader"
 TARGET_SHARE = 0.10
-CLI_TIMEOUT = 60.0
 # Frames that are token verification: our token code and the libraries it calls.
 AUTH_FRAMES = re.compile(r"gateway/auth/(tokens|authenticator)\.py|/jwt/|/cryptography/")
 HANDLER_FRAMES = re.compile(r"^protected\.<locals>\.protected_handler ")
@@ -120,56 +124,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --- the deployment under test ---------------------------------------------------------------
 
 
-def clean_environment() -> dict[str, str]:
-    """This environment without ``EXPIE_GW_*``: the generated config alone sets the gateway."""
-    return {name: value for name, value in os.environ.items() if not name.startswith("EXPIE_GW_")}
-
-
-def gateway_cli(*args: str | Path) -> str:
-    """``expie-gateway ARGS``; its stdout, or ``BenchError`` with its stderr."""
-    done = subprocess.run([sys.executable, "-m", "gateway", *map(str, args)], cwd=REPO,
-                          env=clean_environment(), capture_output=True, text=True, check=False,
-                          timeout=CLI_TIMEOUT)
-    if done.returncode != 0:
-        raise BenchError(f"expie-gateway {args[0]} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def write_config(directory: Path, port: int, upstream_port: int) -> Path:
-    """A gateway config for this run: a fresh key, the simulator's account tokens in files."""
-    key = directory / "bench-key.pem"
-    gateway_cli("keys", "generate", "--kid", "bench-key", "--out", key)
-    accounts = []
-    for account in load_config(SIM_CONFIG).accounts:
-        token_file = directory / f"account-{account.name}"
-        token_file.write_text(account.token, encoding="utf-8")
-        token_file.chmod(0o600)
-        accounts.append({"name": account.name, "token_file": str(token_file)})
-    config = directory / "gateway.yaml"
-    config.write_text(yaml.safe_dump({
-        "server": {"host": HOST, "port": port},
-        "upstream": {"base_url": f"http://{HOST}:{upstream_port}"},
-        "auth": {"signing_key": "bench-key", "keys": [
-            {"kid": "bench-key", "algorithm": "EdDSA", "private_key_file": str(key)}]},
-        "users": {"file": str(USERS_FILE)},
-        "accounts": accounts,
-        "logging": {"level": "WARNING"},
-    }), encoding="utf-8")
-    return config
-
-
-def simulator_command(port: int, activity: float) -> list[str]:
-    return [sys.executable, "-m", "simulator", "--host", HOST, "--port", str(port),
-            "--config", str(SIM_CONFIG), "--activity", str(activity), "--seed", "1"]
-
-
 def bare_proxy_command(port: int, upstream_port: int, token_file: Path) -> list[str]:
     return [sys.executable, "-m", "bench.auth_overhead", "--serve-bare-proxy", str(port),
             "--upstream", f"http://{HOST}:{upstream_port}", "--token-file", str(token_file)]
 
 
 def serve_bare_proxy(port: int, upstream: str, token: str) -> None:
-    """The baseline: GET ticker forwarded with the account's token, as ``UpstreamClient`` does
+    """The baseline: the same GET forwarded with the account's token, as ``UpstreamClient`` does
     (same pool, timeouts and headers), without authentication, request ids or route table."""
     import uvloop  # noqa: PLC0415 - only this mode runs a server
     from aiohttp import ClientSession, ClientTimeout, TCPConnector, web  # noqa: PLC0415
@@ -195,7 +156,7 @@ def serve_bare_proxy(port: int, upstream: str, token: str) -> None:
 
     app = web.Application()
     app.cleanup_ctx.append(lifetime)
-    app.router.add_get("/v1/markets/{market}/ticker", forward)
+    app.router.add_get("/v1/markets/{market}/orders/_pending", forward)
     web.run_app(app, host=HOST, port=port, access_log=None, loop=uvloop.new_event_loop(),
                 print=lambda _text: None)
 
@@ -205,9 +166,9 @@ def serve_bare_proxy(port: int, upstream: str, token: str) -> None:
 
 def measure(args: argparse.Namespace, wrk: str, directory: Path) -> dict[str, Any]:
     sim_port, gw_port, bare_port = free_port(), free_port(), free_port()
-    config = write_config(directory, gw_port, sim_port)
+    config = write_gateway_config(directory, gw_port, sim_port)
     token = gateway_cli("token", "issue", "--config", config, "--user", USER,
-                        "--scope", "market:read", "--ttl", "2h").strip()
+                        "--scope", "orders:read", "--ttl", "2h").strip()
     bearer = {"Authorization": f"Bearer {token}"}
     upstream = {"Authorization": f"Bearer {load_config(SIM_CONFIG).accounts[0].token}"}
     sim_url, gw_url = f"http://{HOST}:{sim_port}{PATH}", f"http://{HOST}:{gw_port}{PATH}"
@@ -275,11 +236,6 @@ def _cpu_per_call(call: Callable[[], Coroutine[Any, Any, object]], calls: int) -
 # --- py-spy --------------------------------------------------------------------------------------
 
 
-def py_spy() -> str | None:
-    beside = Path(sys.executable).parent / "py-spy"
-    return str(beside) if beside.exists() else shutil.which("py-spy")
-
-
 def profile_gateway(
     args: argparse.Namespace, wrk: str, gateway: Server, headers: Mapping[str, str]
 ) -> dict[str, object]:
@@ -288,27 +244,17 @@ def profile_gateway(
     if tool is None or args.profile <= 0:
         return {"skipped": "py-spy is not installed (pip install py-spy)" if tool is None
                 else "--profile 0"}
-    with tempfile.NamedTemporaryFile(prefix="bench-py-spy-", suffix=".txt") as out:
-        command = [tool, "record", "--pid", str(gateway.process.pid), "--rate", "200",
-                   "--duration", str(int(args.profile)), "--format", "raw",
-                   "--output", out.name]
-        sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            run_wrk(wrk, gateway.url, threads=args.threads, connections=args.connections,
-                    duration=args.profile + 1, headers=headers)
-            _, errors = sampler.communicate(timeout=args.profile + 30)
-        finally:
-            if sampler.poll() is None:
-                sampler.kill()
-                sampler.wait(10)
-        if sampler.returncode != 0:
-            return {"skipped": f"py-spy failed: {errors.decode(errors='replace').strip()[-300:]}"}
-        return summarize_stacks(Path(out.name).read_text(encoding="utf-8"))
+    collapsed, failure = record_profile(tool, gateway.process.pid, args.profile, lambda: run_wrk(
+        wrk, gateway.url, threads=args.threads, connections=args.connections,
+        duration=args.profile + 1, headers=headers))
+    if collapsed is None:
+        return {"skipped": failure}
+    return summarize_stacks(collapsed)
 
 
 def summarize_stacks(collapsed: str) -> dict[str, object]:
     """Shares of the samples (py-spy leaves out idle ones, so: of the CPU time)."""
-    stacks = _parse_collapsed(collapsed)
+    stacks = parse_collapsed(collapsed)
     total = sum(stacks.values())
     if total == 0:
         return {"skipped": "py-spy recorded no samples"}
@@ -325,8 +271,8 @@ def summarize_stacks(collapsed: str) -> dict[str, object]:
             "rest_of_handler": "the rest of the route guard and the proxy handler",
             "aiohttp_server_outside_handler": "request parsing, routing, writing the response",
         },
-        "top_self": _top(stacks, total, lambda stack: [stack[-1]]),
-        "top_inclusive_gateway": _top(
+        "top_self": top_frames(stacks, total, lambda stack: [stack[-1]]),
+        "top_inclusive_gateway": top_frames(
             stacks, total, lambda stack: sorted({f for f in stack if "gateway/" in f})),
     }
 
@@ -347,35 +293,6 @@ def _areas(stacks: Mapping[tuple[str, ...], int]) -> dict[str, int]:
     return areas
 
 
-def _parse_collapsed(collapsed: str) -> dict[tuple[str, ...], int]:
-    stacks: dict[tuple[str, ...], int] = collections.Counter()
-    for line in collapsed.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
-            stacks[tuple(_frame(f) for f in stack.split(";"))] += int(count)
-    return stacks
-
-
-def _frame(frame: str) -> str:
-    """``function (path:line)`` as ``function (path)``, the path from site-packages or the repo."""
-    function, _, place = frame.partition(" (")
-    path = place.rstrip(")").rpartition(":")[0] or place.rstrip(")")
-    path = path.split("site-packages/")[-1].replace(f"{REPO}/", "")
-    return f"{function} ({path})"
-
-
-def _top(
-    stacks: Mapping[tuple[str, ...], int], total: int,
-    keys: Callable[[tuple[str, ...]], Sequence[str]], limit: int = 12,
-) -> list[dict[str, object]]:
-    counts: collections.Counter[str] = collections.Counter()
-    for stack, count in stacks.items():
-        for key in keys(stack):
-            counts[key] += count
-    return [{"frame": frame, "share": round(count / total, 4)}
-            for frame, count in counts.most_common(limit)]
-
-
 # --- report --------------------------------------------------------------------------------------
 
 
@@ -392,7 +309,7 @@ def report(
     direct_size, proxied_size, same_body = measured["bodies"]
     return {
         "benchmark": NAME,
-        "request": f"GET {PATH}: through the gateway (gateway bearer token, scope market:read) "
+        "request": f"GET {PATH}: through the gateway (gateway bearer token, scope orders:read) "
                    f"versus direct to the simulator (the account's token)",
         "bodies": {"direct_bytes": direct_size, "proxied_bytes": proxied_size,
                    "identical": same_body},
@@ -453,7 +370,7 @@ def bare_proxy_report(runs: Sequence[Measured] | None, gateway: Summary) -> dict
              if gateway.cpu_us_per_request and bare.cpu_us_per_request else None)
     return {
         "what": "aiohttp server + one ClientSession (the gateway's client settings), GET "
-                "ticker forwarded with the account token: no auth, no request id, one route",
+                "the call forwarded with the account token: no auth, no request id, one route",
         **bare.to_wire(),
         "upstream_cpu_us_per_request": _upstream_cpu(runs),
         "gateway_cpu_us_per_request_over_bare_proxy": added,
@@ -492,7 +409,7 @@ def _machine(load_before: float) -> dict[str, object]:
 
 def draw(gateway: Summary, direct: Summary) -> str | None:
     bars = {"via gateway": gateway.requests_per_s, "direct": direct.requests_per_s}
-    chart = bar_chart(NAME, "GET ticker on loopback (wrk)", bars, "requests/s")
+    chart = bar_chart(NAME, "GET orders/_pending on loopback (wrk)", bars, "requests/s")
     return str(chart.relative_to(REPO)) if chart else None
 
 

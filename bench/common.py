@@ -2,7 +2,9 @@
 
 Servers run as subprocesses on 127.0.0.1 only and are stopped by their PID. Load comes from
 ``wrk``; its text output is parsed here and nowhere else. Results go to ``bench/results/``.
-Nothing here imports the gateway or the simulator.
+The deployment under test (simulator, gateway config and CLI, the bare baseline) and ``py-spy``
+sampling are shared here too. Nothing here imports the gateway or the simulator: they are driven
+through their command lines and their YAML files.
 """
 
 from __future__ import annotations
@@ -23,14 +25,21 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 WRK_INSTALL = "apt-get install -y --no-install-recommends wrk"
+SIM_CONFIG = REPO / "config" / "simulator.yaml"
+USERS_FILE = REPO / "config" / "users.example.yaml"
+CLI_TIMEOUT = 60.0
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
@@ -116,6 +125,108 @@ def running(
     finally:
         stop(server)
         log.unlink(missing_ok=True)
+
+
+# --- the deployment under test: simulator, gateway, bare baseline ----------------------------
+
+
+def simulator_command(port: int, activity: float, config: Path = SIM_CONFIG) -> list[str]:
+    """``python -m simulator`` (uvloop, one process) on ``port``, ``activity`` events per second."""
+    return [sys.executable, "-m", "simulator", "--host", HOST, "--port", str(port),
+            "--config", str(config), "--activity", str(activity), "--seed", "1"]
+
+
+def bare_command(port: int, size: int) -> list[str]:
+    """``bench/bare_server.py``: one aiohttp handler answering a constant ``size``-byte body."""
+    return [sys.executable, str(REPO / "bench" / "bare_server.py"), "--port", str(port),
+            "--size", str(size)]
+
+
+def simulator_yaml(config: Path = SIM_CONFIG) -> dict[str, Any]:
+    loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
+    if not isinstance(loaded, dict):
+        raise BenchError(f"{config}: expected a mapping")
+    return loaded
+
+
+def simulator_accounts(config: Path = SIM_CONFIG) -> list[tuple[str, str]]:
+    """(name, token) of each exchange account in the simulator's config, in its order."""
+    return [(str(a["name"]), str(a["token"])) for a in simulator_yaml(config)["accounts"]]
+
+
+def simulator_control(config: Path = SIM_CONFIG) -> dict[str, str]:
+    """The bearer header of the simulator's ``/_sim`` control API."""
+    return {"Authorization": f"Bearer {simulator_yaml(config)['control_token']}"}
+
+
+def clean_environment() -> dict[str, str]:
+    """This environment without ``EXPIE_GW_*``: the generated config alone sets the gateway."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("EXPIE_GW_")}
+
+
+def gateway_cli(*args: str | Path) -> str:
+    """``expie-gateway ARGS``; its stdout, or ``BenchError`` with its stderr."""
+    done = subprocess.run([sys.executable, "-m", "gateway", *map(str, args)], cwd=REPO,
+                          env=clean_environment(), capture_output=True, text=True, check=False,
+                          timeout=CLI_TIMEOUT)
+    if done.returncode != 0:
+        raise BenchError(f"expie-gateway {args[0]} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def gateway_command(config: Path) -> list[str]:
+    return [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
+
+
+def write_gateway_config(
+    directory: Path, port: int, upstream_port: int, *, name: str = "gateway",
+    extra: Mapping[str, object] | None = None,
+) -> Path:
+    """A gateway config for this run: a fresh key, the simulator accounts' tokens in files,
+    ``config/users.example.yaml``, no Redis; ``extra`` adds or replaces top-level sections
+    (``{"redis": {...}}``). Written to ``directory/<name>.yaml``; the key and token files are
+    shared by every config written to ``directory``."""
+    key = directory / "bench-key.pem"
+    if not key.exists():
+        gateway_cli("keys", "generate", "--kid", "bench-key", "--out", key)
+    accounts = []
+    for account, token in simulator_accounts():
+        token_file = directory / f"account-{account}"
+        token_file.write_text(token, encoding="utf-8")
+        token_file.chmod(0o600)
+        accounts.append({"name": account, "token_file": str(token_file)})
+    config = directory / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({
+        "server": {"host": HOST, "port": port},
+        "upstream": {"base_url": f"http://{HOST}:{upstream_port}"},
+        "auth": {"signing_key": "bench-key", "keys": [
+            {"kid": "bench-key", "algorithm": "EdDSA", "private_key_file": str(key)}]},
+        "users": {"file": str(USERS_FILE)},
+        "accounts": accounts,
+        "logging": {"level": "WARNING"},
+        **(extra or {}),
+    }), encoding="utf-8")
+    return config
+
+
+def issue_token(config: Path, user: str, scope: str, ttl: str = "2h") -> str:
+    """A gateway bearer token from ``expie-gateway token issue``."""
+    return gateway_cli("token", "issue", "--config", config, "--user", user,
+                       "--scope", scope, "--ttl", ttl).strip()
+
+
+def http_json(
+    url: str, headers: Mapping[str, str], body: object = None, timeout: float = 10.0
+) -> Any:
+    """GET ``url`` (POST ``body`` as JSON when given) and decode the JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={
+        **headers, **({"Content-Type": "application/json"} if data else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{url}: {exc}") from exc
 
 
 # --- wrk -------------------------------------------------------------------------------------
@@ -292,6 +403,70 @@ class Summary:
 def _median_or_none(values: Sequence[float | None]) -> float | None:
     known = [value for value in values if value is not None]
     return round(statistics.median(known), 1) if known else None
+
+
+# --- py-spy ----------------------------------------------------------------------------------
+
+
+def py_spy() -> str | None:
+    """The ``py-spy`` beside this interpreter or on PATH (it is not a dependency)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def record_profile(
+    tool: str, pid: int, seconds: float, during: Callable[[], object]
+) -> tuple[str | None, str]:
+    """``py-spy record`` (raw collapsed stacks, 200 Hz, idle samples left out) of ``pid`` for
+    ``seconds`` while ``during()`` runs (the load: it should last a little longer).
+
+    Returns (the collapsed stacks, "") or (None, why py-spy failed).
+    """
+    with tempfile.NamedTemporaryFile(prefix="bench-py-spy-", suffix=".txt") as out:
+        command = [tool, "record", "--pid", str(pid), "--rate", "200",
+                   "--duration", str(int(seconds)), "--format", "raw", "--output", out.name]
+        sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            during()
+            _, errors = sampler.communicate(timeout=seconds + 30)
+        finally:
+            if sampler.poll() is None:
+                sampler.kill()
+                sampler.wait(10)
+        if sampler.returncode != 0:
+            return None, f"py-spy failed: {errors.decode(errors='replace').strip()[-300:]}"
+        return Path(out.name).read_text(encoding="utf-8"), ""
+
+
+def parse_collapsed(collapsed: str) -> dict[tuple[str, ...], int]:
+    """py-spy's collapsed stacks as (frames, outermost first) -> samples."""
+    stacks: dict[tuple[str, ...], int] = Counter()
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            stacks[tuple(frame_name(f) for f in stack.split(";"))] += int(count)
+    return stacks
+
+
+def frame_name(frame: str) -> str:
+    """``function (path:line)`` as ``function (path)``, the path from site-packages or the repo."""
+    function, _, place = frame.partition(" (")
+    path = place.rstrip(")").rpartition(":")[0] or place.rstrip(")")
+    path = path.split("site-packages/")[-1].replace(f"{REPO}/", "")
+    return f"{function} ({path})"
+
+
+def top_frames(
+    stacks: Mapping[tuple[str, ...], int], total: int,
+    keys: Callable[[tuple[str, ...]], Sequence[str]], limit: int = 12,
+) -> list[dict[str, object]]:
+    """The ``limit`` keys (frames) with the largest shares of ``total`` samples."""
+    counts: Counter[str] = Counter()
+    for stack, count in stacks.items():
+        for key in keys(stack):
+            counts[key] += count
+    return [{"frame": frame, "share": round(count / total, 4)}
+            for frame, count in counts.most_common(limit)]
 
 
 # --- results ---------------------------------------------------------------------------------

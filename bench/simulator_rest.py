@@ -25,11 +25,13 @@ from bench.common import (
     Summary,
     WrkResult,
     bar_chart,
+    bare_command,
     ensure_wrk,
     env_number,
     free_port,
     load_server,
     running,
+    simulator_command,
     write_result,
     wrk_version,
 )
@@ -59,16 +61,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.duration = min(60.0, max(1.0, args.duration))
     args.rounds = min(9, max(1, args.rounds))
     return args
-
-
-def simulator_command(port: int, activity: float) -> list[str]:
-    return [sys.executable, "-m", "simulator", "--host", HOST, "--port", str(port),
-            "--config", str(CONFIG), "--activity", str(activity), "--seed", "1"]
-
-
-def bare_command(port: int, size: int) -> list[str]:
-    return [sys.executable, str(REPO / "bench" / "bare_server.py"), "--port", str(port),
-            "--size", str(size)]
 
 
 def measure(

@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
@@ -41,7 +40,7 @@ class Endpoint(Enum):
         return "/v1/markets" if self is Endpoint.MARKETS else f"/v1/markets/{market}/{self.value}"
 
     def key(self, market: str | None) -> str:
-        return self.value if self is Endpoint.MARKETS else f"{self.value}:{market}"
+        return self.value if market is None else _KEY_PREFIX[self] + market
 
 
 class LiveDepth(Protocol):
@@ -50,13 +49,40 @@ class LiveDepth(Protocol):
     def depth_body(self, market: str) -> bytes | None: ...
 
 
-@dataclass(frozen=True, slots=True)
+_KEY_PREFIX = {endpoint: f"{endpoint.value}:" for endpoint in Endpoint}
+
+
 class MarketAnswer:
-    status: int
-    body: bytes
-    content_type: str | None
-    cache: str
-    age: int
+    """What the web layer renders. A plain slotted class: one is handed out per request."""
+
+    __slots__ = ("age", "body", "cache", "content_type", "status")
+
+    def __init__(
+        self, status: int, body: bytes, content_type: str | None, cache: str, age: int
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.cache = cache
+        self.age = age
+
+
+class _Local:
+    """An in-process entry: the answer to repeat until ``until``, rebuilt when its Age ticks."""
+
+    __slots__ = ("answer", "answer_until", "entry", "until")
+
+    def __init__(self, entry: CachedResponse, cache: str, until: float, now: float) -> None:
+        self.entry = entry
+        self.until = until
+        self.answer = _answer(entry, cache, now)
+        self.answer_until = entry.stored_at + self.answer.age + 1
+
+    def answer_at(self, now: float) -> MarketAnswer:
+        if now >= self.answer_until:
+            self.answer = _answer(self.entry, self.answer.cache, now)
+            self.answer_until = self.entry.stored_at + self.answer.age + 1
+        return self.answer
 
 
 class MarketData:
@@ -71,17 +97,18 @@ class MarketData:
         self._live_depth = live_depth
         self._ttl = {Endpoint.MARKETS: settings.markets_ttl, Endpoint.TICKER: settings.ticker_ttl,
                      Endpoint.DEPTH: settings.depth_ttl}
-        self._local: dict[str, tuple[CachedResponse, float]] = {}
+        self._local: dict[str, _Local] = {}
         self._flights: SingleFlight[MarketAnswer] = SingleFlight()
         self._names: tuple[bytes, frozenset[str]] = (b"", frozenset())
+        self._known: tuple[frozenset[str], float] = (frozenset(), 0.0)
         self._store_failing = False
 
     async def fetch(self, endpoint: Endpoint, market: str | None, token: Secret) -> MarketAnswer:
         key = endpoint.key(market)
         now = self._clock()
         local = self._local.get(key)
-        if local is not None and now < local[1]:
-            return _answer(local[0], "HIT", now)
+        if local is not None and now < local.until:
+            return local.answer_at(now)
         if endpoint is Endpoint.DEPTH and self._live_depth is not None and market is not None:
             body = self._live_depth.depth_body(market)
             if body is not None:
@@ -90,6 +117,9 @@ class MarketData:
 
     async def require_market(self, market: str, token: Secret) -> None:
         """``NotFound`` unless ``market`` is in the exchange's (cached) markets list."""
+        names, valid_until = self._known
+        if self._clock() < valid_until and market in names:
+            return
         if market not in await self.market_names(token):
             raise NotFound(f"unknown market {market}", code="unknown_market")
 
@@ -100,6 +130,9 @@ class MarketData:
                 f"the exchange's markets list is unavailable (status {answer.status})")
         if answer.body is not self._names[0]:
             self._names = (answer.body, frozenset(_names_in(answer.body)))
+        if answer.cache != "STALE":
+            # Known names answer require_market without a cache lookup while the list is fresh.
+            self._known = (self._names[1], self._clock() + self._settings.local_ttl)
         return self._names[1]
 
     async def _fill(
@@ -131,9 +164,9 @@ class MarketData:
         try:
             response = await self._upstream.send("GET", endpoint.path(market), token)
         except UpstreamUnavailable as exc:  # includes timeouts and an open circuit
-            return self._stale_or_raise(shared, exc)
+            return self._stale_or_raise(key, shared, exc)
         if response.status in FAILED_STATUSES and shared is not None and self._servable(shared):
-            return _answer(shared, "STALE", self._clock())
+            return self._stale(key, shared)
         if response.status != 200:
             return MarketAnswer(response.status, response.body, response.content_type, "MISS", 0)
         entry = CachedResponse(response.body, _content_type(response), self._clock())
@@ -142,10 +175,10 @@ class MarketData:
         return _answer(entry, "MISS", entry.stored_at)
 
     def _stale_or_raise(
-        self, shared: CachedResponse | None, error: UpstreamUnavailable
+        self, key: str, shared: CachedResponse | None, error: UpstreamUnavailable
     ) -> MarketAnswer:
         if shared is not None and self._servable(shared):
-            return _answer(shared, "STALE", self._clock())
+            return self._stale(key, shared)
         raise error
 
     def _servable(self, shared: CachedResponse) -> bool:
@@ -155,9 +188,17 @@ class MarketData:
         self._remember(key, entry, ttl)
         return _answer(entry, "HIT", self._clock())
 
+    def _stale(self, key: str, entry: CachedResponse) -> MarketAnswer:
+        """Served stale, and kept so for ``local_ttl``: an outage costs the exchange one call
+        per key and interval, not one per request."""
+        now = self._clock()
+        local = self._local[key] = _Local(entry, "STALE", now + self._settings.local_ttl, now)
+        return local.answer
+
     def _remember(self, key: str, entry: CachedResponse, ttl: float) -> None:
-        until = min(entry.stored_at + ttl, self._clock() + self._settings.local_ttl)
-        self._local[key] = (entry, until)
+        now = self._clock()
+        until = min(entry.stored_at + ttl, now + self._settings.local_ttl)
+        self._local[key] = _Local(entry, "HIT", until, now)
 
     async def _wait_for_fill(self, key: str, older_than: float) -> CachedResponse | None:
         """Another replica holds the fill lock: wait (bounded) for the value it stores."""

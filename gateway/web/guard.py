@@ -69,7 +69,8 @@ def protected(scope: Scope, handler: Handler) -> Handler:
             response = await handler(request)
         except GatewayError as exc:
             return error_response(exc, rid)
-        response.headers["X-Request-Id"] = rid
+        if "X-Request-Id" not in response.headers:
+            response.headers["X-Request-Id"] = rid
         return response
 
     return protected_handler

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.keys import ACCOUNT_TOKENS, MARKET_DATA, PRINCIPAL
+from gateway.keys import ACCOUNT_TOKENS, MARKET_DATA, PRINCIPAL, REQUEST_ID
 from gateway.services.market_data import Endpoint
 from gateway.web.guard import Handler
 
@@ -14,10 +14,12 @@ def serve_cached(endpoint: Endpoint) -> Handler:
         token = request.app[ACCOUNT_TOKENS][request[PRINCIPAL].account]
         answer = await request.app[MARKET_DATA].fetch(
             endpoint, request.match_info.get("market"), token)
-        response = web.Response(status=answer.status, body=answer.body, headers={
-            "X-Cache": answer.cache, "Age": str(answer.age)})
-        if answer.content_type:
-            response.headers["Content-Type"] = answer.content_type
-        return response
+        # All headers in one mapping: this is the hottest response the gateway writes.
+        return web.Response(status=answer.status, body=answer.body, headers={
+            "Content-Type": answer.content_type or "application/json",
+            "X-Cache": answer.cache,
+            "Age": str(answer.age),
+            "X-Request-Id": request[REQUEST_ID],
+        })
 
     return cached

@@ -8,17 +8,11 @@ is stopped by its PID. The revocation test needs the real Redis at REDIS_URL: it
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +27,9 @@ from gateway.auth.passwords import verify_secret
 from gateway.stores.redis_client import connect_redis, ping_redis
 from gateway.stores.revocation import RedisRevocationStore
 from tests.component.conftest import DEFAULT_REDIS_URL, delete_prefixed
+from tests.process_harness import ROOT, RUN_TIMEOUT, cli, free_port, health, serving
 
-ROOT = Path(__file__).resolve().parents[2]
 USERS_FILE = ROOT / "config" / "users.example.yaml"
-RUN_TIMEOUT = 30.0
 EXAMPLE_USERS = {
     "demo-trader": "balance:read market:read orders:read orders:write",
     "pricing-bot": "market:read",
@@ -44,21 +37,6 @@ EXAMPLE_USERS = {
     "beta-trader": "balance:read market:read orders:read orders:write",
     "reporting-job": "balance:read orders:read",
 }
-
-
-def cli_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without any gateway setting, plus ``extra``."""
-    environ = {name: value for name, value in os.environ.items()
-               if not name.startswith("EXPIE_GW_")}
-    return {**environ, **(extra or {})}
-
-
-def cli(*args: str | Path, env: Mapping[str, str] | None = None,
-        stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """Run ``expie-gateway ARGS`` from the repository root; its status, stdout and stderr."""
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *map(str, args)], cwd=ROOT, env=cli_environment(env),
-        input=stdin, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
 
 
 @dataclass(frozen=True)
@@ -325,41 +303,6 @@ def test_keys_generate_refuses_a_bad_kid(tmp_path: Path) -> None:
 
 
 # --- serve ---------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def serving(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    env = cli_environment({"EXPIE_GW_SERVER__PORT": str(port)})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=RUN_TIMEOUT)
-        if process.stderr is not None:
-            process.stderr.close()
-
-
-def health(port: int, attempts: int = 100) -> dict[str, object] | None:
-    """``/healthz`` once it answers (polled every 0.1 s, ``attempts`` times), else None."""
-    for _ in range(attempts):
-        with contextlib.suppress(OSError):
-            url = f"http://127.0.0.1:{port}/healthz"
-            with urllib.request.urlopen(url, timeout=1) as response:
-                body: dict[str, object] = json.loads(response.read())
-                return body
-        time.sleep(0.1)
-    return None
 
 
 def test_serve_answers_healthz_and_stops_on_sigterm(deployment: Deployment) -> None:
