@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import re
@@ -57,15 +56,17 @@ from bench.common import (
     env_number,
     free_port,
     gateway_cli,
+    load_parser,
     parse_collapsed,
+    parsed_load,
     py_spy,
     record_profile,
+    run_benchmark,
     run_wrk,
     running,
     simulator_command,
     top_frames,
     write_gateway_config,
-    write_result,
     wrk_version,
 )
 from gateway.auth.authenticator import Authenticator
@@ -88,17 +89,7 @@ UPSTREAM_FRAMES = re.compile(r"^UpstreamClient\.send ")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float,
-                        default=env_number("BENCH_DURATION", 10, 1, 60),
-                        help="seconds per wrk run, 1..60 (env BENCH_DURATION)")
-    parser.add_argument("--rounds", type=int, default=int(env_number("BENCH_ROUNDS", 3, 1, 9)),
-                        help="alternating rounds per target, 1..9 (env BENCH_ROUNDS)")
-    parser.add_argument("--warmup", type=float, default=env_number("BENCH_WARMUP", 2, 1, 10))
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--activity", type=float, default=0.0,
-                        help="simulator market activity, events per second (0: quiet)")
+    parser = load_parser(__doc__.splitlines()[0], activity=0.0)
     parser.add_argument("--profile", type=float, default=env_number("BENCH_PROFILE", 10, 0, 60),
                         help="seconds of py-spy sampling of the gateway under load, 0..60 "
                              "(0 or py-spy missing: skipped; env BENCH_PROFILE)")
@@ -113,9 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--token-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when verification costs 10%% or more of the gateway's CPU")
-    args = parser.parse_args(argv)
-    args.duration = min(60.0, max(1.0, args.duration))
-    args.rounds = min(9, max(1, args.rounds))
+    args = parsed_load(parser, argv)
     args.profile = min(60.0, max(0.0, args.profile))
     args.light_duration = min(30.0, max(0.0, args.light_duration))
     return args
@@ -431,16 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         token = args.token_file.read_text(encoding="utf-8").strip()
         serve_bare_proxy(args.serve_bare_proxy, args.upstream, token)
         return 0
-    try:
-        result = run(args)
-    except BenchError as exc:
-        print(f"{NAME}: {exc}", file=sys.stderr)
-        return 2
-    write_result(NAME, result)
-    print(json.dumps(result, indent=2))
+    return run_benchmark(NAME, lambda: run(args), verification_missed, args.check)
+
+
+def verification_missed(result: dict[str, object]) -> bool:
     verification = result["token_verification"]
-    met = isinstance(verification, dict) and verification["target_met"]
-    return 1 if args.check and not met else 0
+    return not (isinstance(verification, dict) and verification["target_met"])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ through their command lines and their YAML files.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import importlib.util
@@ -497,3 +498,42 @@ def bar_chart(name: str, title: str, bars: Mapping[str, float], unit: str) -> Pa
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
     return path
+
+
+def load_parser(description: str, *, activity: float) -> argparse.ArgumentParser:
+    """A parser with the options every benchmark takes: wrk's load and the simulator's activity."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--duration", type=float,
+                        default=env_number("BENCH_DURATION", 10, 1, 60),
+                        help="seconds per wrk run, 1..60 (env BENCH_DURATION)")
+    parser.add_argument("--rounds", type=int, default=int(env_number("BENCH_ROUNDS", 3, 1, 9)),
+                        help="alternating rounds per target, 1..9 (env BENCH_ROUNDS)")
+    parser.add_argument("--warmup", type=float, default=env_number("BENCH_WARMUP", 2, 1, 10))
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--activity", type=float, default=activity,
+                        help="simulator market activity, events per second (0: quiet)")
+    return parser
+
+
+def parsed_load(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    args.duration = min(60.0, max(1.0, args.duration))
+    args.rounds = min(9, max(1, args.rounds))
+    return args
+
+
+def run_benchmark(
+    name: str, run: Callable[[], dict[str, object]], missed: Callable[[dict[str, object]], bool],
+    check: bool,
+) -> int:
+    """Run, write and print the result; 2 when it could not be measured, 1 when ``check`` and
+    ``missed(result)``."""
+    try:
+        result = run()
+    except BenchError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    write_result(name, result)
+    print(json.dumps(result, indent=2))
+    return 1 if check and missed(result) else 0

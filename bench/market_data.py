@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import re
@@ -61,10 +60,13 @@ from bench.common import (
     gateway_command,
     http_json,
     issue_token,
+    load_parser,
     load_target,
     parse_collapsed,
+    parsed_load,
     py_spy,
     record_profile,
+    run_benchmark,
     run_wrk,
     running,
     simulator_accounts,
@@ -72,7 +74,6 @@ from bench.common import (
     simulator_control,
     top_frames,
     write_gateway_config,
-    write_result,
     wrk_version,
 )
 
@@ -112,21 +113,11 @@ WHY_RATIO_DEPENDS_ON_CONCURRENCY = (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float,
-                        default=env_number("BENCH_DURATION", 10, 1, 60),
-                        help="seconds per wrk run, 1..60 (env BENCH_DURATION)")
-    parser.add_argument("--rounds", type=int, default=int(env_number("BENCH_ROUNDS", 3, 1, 9)),
-                        help="alternating rounds per target, 1..9 (env BENCH_ROUNDS)")
-    parser.add_argument("--warmup", type=float, default=env_number("BENCH_WARMUP", 2, 1, 10))
-    parser.add_argument("--connections", type=int, default=50, help="Part A connections")
-    parser.add_argument("--threads", type=int, default=1)
+    parser = load_parser(__doc__.splitlines()[0], activity=0.0)
     parser.add_argument("--concurrencies", default="1,5,10,50",
                         help="Part B connection counts, comma-separated")
     parser.add_argument("--latency-ms", type=float, default=5.0,
                         help="Part B: latency added to every simulator REST call")
-    parser.add_argument("--activity", type=float, default=0.0,
-                        help="simulator market activity, events per second (0: quiet)")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL",
                                                               "redis://127.0.0.1:6379/0"),
                         help="Redis for the second gateway ('' leaves it out; env REDIS_URL)")
@@ -138,9 +129,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when the 60%% target or the 5x target at the lowest "
                              "concurrency is missed")
-    args = parser.parse_args(argv)
-    args.duration = min(60.0, max(1.0, args.duration))
-    args.rounds = min(9, max(1, args.rounds))
+    args = parsed_load(parser, argv)
     args.profile = min(60.0, max(0.0, args.profile))
     args.concurrencies = sorted({max(1, int(c)) for c in args.concurrencies.split(",") if c})
     return args
@@ -476,16 +465,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except BenchError as exc:
-        print(f"{NAME}: {exc}", file=sys.stderr)
-        return 2
-    write_result(NAME, result)
-    print(json.dumps(result, indent=2))
+    return run_benchmark(NAME, lambda: run(args), targets_missed, args.check)
+
+
+def targets_missed(result: dict[str, object]) -> bool:
     targets: Any = result["targets"]
-    met = targets["gateway_at_least_60pct_of_bare"] and targets["lowest_concurrency_5x_met"]
-    return 1 if args.check and not met else 0
+    return not (targets["gateway_at_least_60pct_of_bare"] and targets["lowest_concurrency_5x_met"])
 
 
 if __name__ == "__main__":

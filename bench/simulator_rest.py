@@ -10,7 +10,6 @@ importable). Run from the repository root: ``python -m bench.simulator_rest``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -27,12 +26,13 @@ from bench.common import (
     bar_chart,
     bare_command,
     ensure_wrk,
-    env_number,
     free_port,
+    load_parser,
     load_server,
+    parsed_load,
+    run_benchmark,
     running,
     simulator_command,
-    write_result,
     wrk_version,
 )
 from simulator.config import load_config
@@ -44,22 +44,10 @@ CONFIG = Path("config/simulator.yaml")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float,
-                        default=env_number("BENCH_DURATION", 10, 1, 60),
-                        help="seconds per wrk run, 1..60 (env BENCH_DURATION)")
-    parser.add_argument("--rounds", type=int, default=int(env_number("BENCH_ROUNDS", 3, 1, 9)),
-                        help="alternating rounds per target, 1..9 (env BENCH_ROUNDS)")
-    parser.add_argument("--warmup", type=float, default=env_number("BENCH_WARMUP", 2, 1, 10))
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--activity", type=float, default=20.0,
-                        help="simulator market activity, events per second")
+    parser = load_parser(__doc__.splitlines()[0], activity=20.0)
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when the target ratio is not met")
-    args = parser.parse_args(argv)
-    args.duration = min(60.0, max(1.0, args.duration))
-    args.rounds = min(9, max(1, args.rounds))
+    args = parsed_load(parser, argv)
     return args
 
 
@@ -145,14 +133,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except BenchError as exc:
-        print(f"{NAME}: {exc}", file=sys.stderr)
-        return 2
-    write_result(NAME, result)
-    print(json.dumps(result, indent=2))
-    return 1 if args.check and not result["target_met"] else 0
+    return run_benchmark(NAME, lambda: run(args), lambda result: not result["target_met"],
+                         args.check)
 
 
 if __name__ == "__main__":
