@@ -11,7 +11,7 @@ export REDIS_URL
 .PHONY: help demo test lint unit bench venv clean
 
 help:
-	@echo "make demo   start the simulator with live activity and print example calls"
+	@echo "make demo   start the simulator and the gateway in front of it, print a token and calls"
 	@echo "make test   lint, make sure Redis answers, run the whole test suite"
 	@echo "make lint   ruff + mypy --strict"
 	@echo "make bench  run every benchmark under bench/ (JSON to stdout and bench/results/)"
