@@ -12,7 +12,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.auth.passwords import verify_secret
-from gateway.stores.redis_client import connect_redis, ping_redis
 from gateway.stores.revocation import RedisRevocationStore
-from tests.component.conftest import DEFAULT_REDIS_URL, delete_prefixed
 from tests.process_harness import ROOT, RUN_TIMEOUT, cli, free_port, health, serving
 
 USERS_FILE = ROOT / "config" / "users.example.yaml"
@@ -227,31 +224,11 @@ def test_token_revoke_without_redis_points_to_the_admin_endpoint(deployment: Dep
     assert "POST /admin/tokens/revoke" in done.stderr
 
 
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[tuple[str, str, redis.asyncio.Redis]]:
-    """The real Redis (URL, a key prefix of this test, a client); keys under it deleted after."""
-    url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    client = connect_redis(url)
-    prefix = f"test:{uuid.uuid4().hex}:"
-    try:
-        if not await ping_redis(client):
-            message = (f"Redis does not answer at REDIS_URL ({url.rpartition('@')[2]}): run "
-                       "scripts/ensure-redis.sh or point REDIS_URL at one")
-            if os.environ.get("CI") == "true":
-                pytest.fail(message, pytrace=False)
-            pytest.skip(message)
-        yield url, prefix, client
-        await delete_prefixed(client, prefix)
-    finally:
-        await client.aclose()
-
-
 @pytest.mark.redis
 async def test_token_revoke_writes_the_revocation_to_redis(
-    deployment: Deployment, redis_prefix: tuple[str, str, redis.asyncio.Redis]
+    deployment: Deployment, redis_url: str, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
-    url, prefix, client = redis_prefix
-    env = {"EXPIE_GW_REDIS__URL": url, "EXPIE_GW_REDIS__KEY_PREFIX": prefix}
+    env = {"EXPIE_GW_REDIS__URL": redis_url, "EXPIE_GW_REDIS__KEY_PREFIX": key_prefix}
     by_jti = await asyncio.to_thread(
         cli, "token", "revoke", "--config", deployment.config, "--jti", "jti-to-refuse", env=env)
     assert by_jti.returncode == 0, by_jti.stderr
@@ -260,7 +237,7 @@ async def test_token_revoke_writes_the_revocation_to_redis(
         cli, "token", "revoke", "--config", deployment.config, "--user", "pricing-bot", env=env)
     assert by_user.returncode == 0, by_user.stderr
 
-    store = RedisRevocationStore(client, prefix)
+    store = RedisRevocationStore(redis_client, key_prefix)
     await store.start()
     try:
         now = time.time()
