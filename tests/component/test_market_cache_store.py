@@ -9,7 +9,6 @@ timing assertion.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +26,7 @@ from gateway.stores.market_cache import (
     RedisMarketCacheStore,
 )
 from gateway.stores.redis_client import connect_redis
+from tests.waiting import eventually
 
 T0 = 1_700_000_000.0
 SHORT = 0.2  # a retain_for / hold_for that Redis lets run out in real time
@@ -107,15 +107,6 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return redis_backend
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> bool:
-    """Poll ``check`` until it holds or ``within`` seconds (real time) have passed."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 def missing(store: MarketCacheStore, key: str) -> Callable[[], Awaitable[bool]]:

@@ -26,6 +26,7 @@ from gateway.stores.revocation import (
     RevocationStore,
 )
 from tests.component.conftest import TcpRelay
+from tests.waiting import eventually
 
 Store = MemoryRevocationStore | RedisRevocationStore
 T0 = 1_700_000_000.0
@@ -115,15 +116,6 @@ def backend(request: pytest.FixtureRequest, clock: FakeClock) -> Backend:
     return redis_backend
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> bool:
-    """Poll ``check`` until it holds or ``within`` seconds (real time) have passed."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 def revoked(
