@@ -20,7 +20,7 @@ from enum import Enum
 from typing import Protocol
 
 from gateway.auth.secret import Secret
-from gateway.errors import NotFound, StoreUnavailable, UpstreamUnavailable
+from gateway.errors import NotFound, StoreUnavailable, UpstreamTimeout, UpstreamUnavailable
 from gateway.services.single_flight import SingleFlight
 from gateway.settings import CacheSettings
 from gateway.stores.market_cache import CachedResponse, MarketCacheStore
@@ -163,7 +163,7 @@ class MarketData:
     ) -> MarketAnswer:
         try:
             response = await self._upstream.send("GET", endpoint.path(market), token)
-        except UpstreamUnavailable as exc:  # includes timeouts and an open circuit
+        except (UpstreamUnavailable, UpstreamTimeout) as exc:  # incl. an open circuit
             return self._stale_or_raise(key, shared, exc)
         if response.status in FAILED_STATUSES and shared is not None and self._servable(shared):
             return self._stale(key, shared)
@@ -175,7 +175,7 @@ class MarketData:
         return _answer(entry, "MISS", entry.stored_at)
 
     def _stale_or_raise(
-        self, key: str, shared: CachedResponse | None, error: UpstreamUnavailable
+        self, key: str, shared: CachedResponse | None, error: UpstreamUnavailable | UpstreamTimeout
     ) -> MarketAnswer:
         if shared is not None and self._servable(shared):
             return self._stale(key, shared)

@@ -295,6 +295,27 @@ async def test_past_the_stale_limit_an_unreachable_exchange_is_a_502_naming_the_
     assert body["error"]["request_id"] == headers["X-Request-Id"]
 
 
+async def test_a_timed_out_exchange_is_answered_stale_then_504_past_the_limit(
+    sim: RunningSimulator, start_gateway_for: StartGateway, clock: FakeClock,
+) -> None:
+    settings = market_settings(sim, ticker_ttl=1, stale_if_error=5)
+    settings = dataclasses.replace(
+        settings, upstream=dataclasses.replace(settings.upstream, total_timeout=0.3))
+    gateway = await start_gateway_for(sim, settings=settings, clock=clock)
+    token = gateway.token()
+    status, fresh, _ = await get(gateway, TICKER, token)
+    assert status == 200
+    await sim.set_faults(latency_ms=2000)
+    clock.advance(2)
+    status, stale, headers = await get(gateway, TICKER, token)
+    assert (status, stale) == (200, fresh)
+    assert_cached(headers, "STALE", age=2)
+    clock.advance(5)
+    status, body, _ = await gateway.call("GET", TICKER, token)
+    assert (status, body["error"]["code"]) == (504, "upstream_timeout")
+    assert "did not answer" in body["error"]["message"]
+
+
 @pytest.mark.parametrize("path", [TICKER, DEPTH, MARKETS])
 async def test_an_unreachable_redis_degrades_to_the_exchange(
     sim: RunningSimulator, start_gateway_for: StartGateway, unused_tcp_port: int, path: str,
