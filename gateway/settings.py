@@ -31,9 +31,6 @@ class SecretRef:
     env: str | None = None
     file: Path | None = None
 
-    def describe(self) -> str:
-        return f"environment variable {self.env}" if self.env else f"file {self.file}"
-
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway.auth.passwords import is_valid_hash
 from gateway.core.mapping_reader import ConfigError, MappingReader
 from gateway.core.principal import Scope
 
@@ -69,6 +70,9 @@ def _user(section: MappingReader, accounts: Collection[str]) -> User:
         account=section.text("account"),
     )
     section.done()
+    if user.secret_hash is not None and not is_valid_hash(user.secret_hash):
+        raise ConfigError(f"{section.key('secret_hash')}: not a hash made by "
+                          "`expie-gateway users hash-secret`")
     if user.account not in accounts:
         raise ConfigError(f"{section.key('account')}: no upstream account {user.account!r}")
     return user

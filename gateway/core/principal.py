@@ -20,11 +20,6 @@ class Scope(StrEnum):
 ALL_SCOPES = frozenset(Scope)
 
 
-def parse_scopes(text: str) -> frozenset[Scope]:
-    """A space-separated scope string (RFC 6749 §3.3); unknown names raise ``ValueError``."""
-    return frozenset(Scope(name) for name in text.split())
-
-
 def format_scopes(scopes: frozenset[Scope]) -> str:
     return " ".join(sorted(scopes))
 
