@@ -1,4 +1,4 @@
-"""What the engine's unit tests share: a clock they move by hand, and the observable state."""
+"""What the engine's unit tests share: the state a user of the exchange can observe."""
 
 from __future__ import annotations
 
@@ -6,18 +6,6 @@ from collections.abc import Iterable
 from decimal import Decimal
 
 from simulator.engine.exchange import Exchange
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
 
 
 def observable_state(ex: Exchange, users: Iterable[int]) -> object:

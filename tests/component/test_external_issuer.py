@@ -23,6 +23,7 @@ from gateway.auth.external import (
 )
 from gateway.auth.signing import Algorithm, KeyRing, SigningKey, generate_signing_key
 from gateway.auth.tokens import InvalidToken, TokenClaims, TokenIssuer, TokenVerifier
+from tests.clock import FakeClock
 
 ISSUER = "https://gateway.test"
 AUDIENCE = "expie-gateway"
@@ -32,15 +33,6 @@ START = 1_700_000_000.0
 TTL = 300.0
 
 
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

@@ -26,6 +26,7 @@ from gateway.stores.market_cache import (
     RedisMarketCacheStore,
 )
 from gateway.stores.redis_client import connect_redis
+from tests.clock import FakeClock
 from tests.waiting import eventually
 
 T0 = 1_700_000_000.0
@@ -37,12 +38,6 @@ JSON = "application/json; charset=utf-8"
 TICKER = CachedResponse(b'{"result":{"last":"0.1"}}', JSON, T0 + 0.123456789)
 
 
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Backend(Protocol):
@@ -59,7 +54,7 @@ class MemoryBackend:
     patience = 0.0  # the fake clock decides: waiting in real time changes nothing
 
     def __init__(self) -> None:
-        self.clock = FakeClock()
+        self.clock = FakeClock(1000.0)
         self.store = MemoryMarketCacheStore(self.clock)
 
     async def open(self) -> MarketCacheStore:
@@ -257,7 +252,7 @@ async def test_a_lock_expires_by_itself_and_a_stale_token_releases_nothing(
 
 
 async def test_the_memory_store_sweeps_expired_values_it_is_never_asked_for() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     store = MemoryMarketCacheStore(clock)
     for number in range(1000):
         await store.put(f"ticker:M{number}", TICKER, retain_for=1)

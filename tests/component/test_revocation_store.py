@@ -25,6 +25,7 @@ from gateway.stores.revocation import (
     RedisRevocationStore,
     RevocationStore,
 )
+from tests.clock import FakeClock
 from tests.component.conftest import TcpRelay
 from tests.waiting import eventually
 
@@ -37,15 +38,6 @@ SYNC = 0.1
 PATIENCE = 10.0
 
 
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Backend(Protocol):

@@ -11,22 +11,12 @@ import time
 
 import pytest
 
+from tests.clock import FakeClock
 from tests.component.conftest import key_prefix, redis_client, redis_url
 
-__all__ = ["FakeClock", "clock", "key_prefix", "redis_client", "redis_url"]
+__all__ = ["clock", "key_prefix", "redis_client", "redis_url"]
 
 
-class FakeClock:
-    """Wall-clock seconds that move only when a test says so."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

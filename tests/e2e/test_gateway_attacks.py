@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.auth.signing import KeyRing, SigningKey, generate_signing_key
 from gateway.keys import ACCOUNT_TOKENS, SETTINGS
+from tests.clock import FakeClock
 from tests.conftest import StartGateway
-from tests.e2e.conftest import FakeClock
 from tests.gateway_harness import RunningGateway, gateway_settings
 from tests.simulator_harness import RunningSimulator
 

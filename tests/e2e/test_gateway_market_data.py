@@ -24,8 +24,8 @@ from multidict import CIMultiDictProxy
 from gateway.app import Overrides
 from gateway.settings import RedisSettings, Settings
 from gateway.stores.market_cache import CachedResponse, RedisMarketCacheStore
+from tests.clock import FakeClock
 from tests.conftest import StartGateway
-from tests.e2e.conftest import FakeClock
 from tests.gateway_harness import RunningGateway, gateway_settings
 from tests.simulator_harness import RunningSimulator
 

@@ -6,23 +6,16 @@ import pytest
 
 from gateway.errors import CircuitOpen, UpstreamUnavailable
 from gateway.upstream.breaker import CircuitBreaker, CircuitState
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import FakeClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
-def breaker(clock: Clock) -> CircuitBreaker:
+def breaker(clock: FakeClock) -> CircuitBreaker:
     return CircuitBreaker(failures_to_open=3, cooldown=10.0, clock=clock)
 
 
@@ -61,7 +54,7 @@ def test_a_success_resets_the_count(breaker: CircuitBreaker) -> None:
 
 
 def test_while_open_calls_fail_fast_with_the_time_to_the_probe(
-    breaker: CircuitBreaker, clock: Clock
+    breaker: CircuitBreaker, clock: FakeClock
 ) -> None:
     fail(breaker, 3)
     clock.now += 2.5
@@ -75,7 +68,7 @@ def test_while_open_calls_fail_fast_with_the_time_to_the_probe(
     assert "8 s" in error.message
 
 
-def test_retry_after_is_at_least_one_second(breaker: CircuitBreaker, clock: Clock) -> None:
+def test_retry_after_is_at_least_one_second(breaker: CircuitBreaker, clock: FakeClock) -> None:
     fail(breaker, 3)
     clock.now += 9.9
     with pytest.raises(CircuitOpen) as raised:
@@ -83,7 +76,7 @@ def test_retry_after_is_at_least_one_second(breaker: CircuitBreaker, clock: Cloc
     assert raised.value.headers() == {"Retry-After": "1"}
 
 
-def test_exactly_one_probe_after_the_cooldown(breaker: CircuitBreaker, clock: Clock) -> None:
+def test_exactly_one_probe_after_the_cooldown(breaker: CircuitBreaker, clock: FakeClock) -> None:
     fail(breaker, 3)
     clock.now += 10
     breaker.before_call()
@@ -95,7 +88,7 @@ def test_exactly_one_probe_after_the_cooldown(breaker: CircuitBreaker, clock: Cl
         assert "probe" in raised.value.message
 
 
-def test_a_successful_probe_closes_the_circuit(breaker: CircuitBreaker, clock: Clock) -> None:
+def test_a_successful_probe_closes_the_circuit(breaker: CircuitBreaker, clock: FakeClock) -> None:
     fail(breaker, 3)
     clock.now += 10
     breaker.before_call()
@@ -107,7 +100,7 @@ def test_a_successful_probe_closes_the_circuit(breaker: CircuitBreaker, clock: C
 
 
 def test_a_failed_probe_reopens_for_another_cooldown(
-    breaker: CircuitBreaker, clock: Clock
+    breaker: CircuitBreaker, clock: FakeClock
 ) -> None:
     fail(breaker, 3)
     clock.now += 10
@@ -123,7 +116,7 @@ def test_a_failed_probe_reopens_for_another_cooldown(
     assert state(breaker) is CircuitState.HALF_OPEN
 
 
-def test_late_reports_while_open_change_nothing(breaker: CircuitBreaker, clock: Clock) -> None:
+def test_late_reports_while_open_change_nothing(breaker: CircuitBreaker, clock: FakeClock) -> None:
     fail(breaker, 3)
     clock.now += 4
     breaker.record_success()
@@ -133,7 +126,7 @@ def test_late_reports_while_open_change_nothing(breaker: CircuitBreaker, clock: 
 
 
 def test_an_abandoned_probe_lets_the_next_caller_probe(
-    breaker: CircuitBreaker, clock: Clock
+    breaker: CircuitBreaker, clock: FakeClock
 ) -> None:
     fail(breaker, 3)
     clock.now += 10
@@ -155,6 +148,6 @@ def test_the_states_have_wire_names() -> None:
     assert [state.value for state in CircuitState] == ["closed", "open", "half_open"]
 
 
-def test_at_least_one_failure_is_needed_to_open(clock: Clock) -> None:
+def test_at_least_one_failure_is_needed_to_open(clock: FakeClock) -> None:
     with pytest.raises(ValueError, match="failures_to_open"):
         CircuitBreaker(failures_to_open=0, cooldown=1.0, clock=clock)

@@ -17,7 +17,8 @@ from simulator.engine.errors import EngineError
 from simulator.engine.exchange import Exchange
 from simulator.engine.model import Order, Role, Side
 from simulator.engine.opening import open_exchange
-from tests.engine_support import FakeClock, observable_state
+from tests.clock import FakeClock
+from tests.engine_support import observable_state
 
 SELLER, BUYER, CAROL, DAVE, BROKE = 1, 2, 3, 4, 5
 USERS = (SELLER, BUYER, CAROL, DAVE, BROKE)

@@ -24,7 +24,8 @@ from simulator.config import FeeRates, load_config
 from simulator.engine.errors import EngineError
 from simulator.engine.exchange import Exchange
 from simulator.engine.model import Order, OrderType, Side
-from tests.engine_support import FakeClock, observable_state
+from tests.clock import FakeClock
+from tests.engine_support import observable_state
 
 # Passing takes seconds; a failure may need a minute or more to shrink to a short script.
 pytestmark = pytest.mark.timeout(600)

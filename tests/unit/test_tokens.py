@@ -22,6 +22,7 @@ from gateway.auth.tokens import (
     TokenIssuer,
     TokenVerifier,
 )
+from tests.clock import FakeClock
 
 ISSUER = "https://gateway.test"
 AUDIENCE = "expie-gateway"
@@ -30,15 +31,6 @@ LEEWAY = 30.0
 TTL = 900
 
 
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture(scope="module")
