@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 import aiohttp
 from aiohttp import web
@@ -25,23 +26,48 @@ from gateway.auth.tokens import TokenIssuer, TokenVerifier
 from gateway.auth.users import UserDirectory, load_users
 from gateway.keys import (
     ACCOUNT_TOKENS,
+    AUDIT_TRAIL,
     AUTHENTICATOR,
     CLOCK,
     GRANT,
     JWKS_BODY,
     KEYRING,
+    KILL_SWITCHES,
     MARKET_DATA,
+    ORDER_DESK,
+    ORDER_VIEWS,
+    READ_LIMITS,
     REVOCATIONS,
     SETTINGS,
     TELEMETRY,
     UPSTREAM,
 )
+from gateway.services.audit_trail import AuditTrail
+from gateway.services.kill_switches import KillSwitches
 from gateway.services.market_data import MarketData
+from gateway.services.order_desk import OrderDesk
+from gateway.services.order_views import OrderViews
+from gateway.services.pacing import AccountPacer
+from gateway.services.pre_trade import PreTradeChecks
+from gateway.services.read_limits import ReadLimits
 from gateway.settings import Settings
+from gateway.stores.audit import AuditLog, open_audit_log
+from gateway.stores.idempotency import (
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    RedisIdempotencyStore,
+)
+from gateway.stores.kill_switch import KillSwitchStore, MemoryKillSwitchStore, RedisKillSwitchStore
 from gateway.stores.market_cache import (
     MarketCacheStore,
     MemoryMarketCacheStore,
     RedisMarketCacheStore,
+)
+from gateway.stores.ownership import MemoryOwnershipStore, OwnershipStore, RedisOwnershipStore
+from gateway.stores.rate_limits import (
+    MemoryRateLimitStore,
+    RateLimitStore,
+    RedisRateLimitStore,
 )
 from gateway.stores.redis_client import connect_redis
 from gateway.stores.revocation import (
@@ -85,7 +111,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     clock = given.clock or time.time
     keyring = given.keyring or load_keyring(settings.auth)
     tokens = given.account_tokens or load_account_tokens(settings.accounts)
-    directory = given.directory or load_users(settings.users_file, tokens.keys())
+    directory = given.directory or load_users(settings.users_file, tokens.keys(), settings.orders)
     http = _SharedHttp()
     auth = settings.auth
     issuer = TokenIssuer(keyring, auth.issuer, auth.audience, clock)
@@ -106,12 +132,41 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     app[REVOCATIONS] = stores.revocations
     app[AUTHENTICATOR] = Authenticator(verifier, stores.revocations, directory)
     app[MARKET_DATA] = MarketData(app[UPSTREAM], stores.market_cache, settings.cache, clock)
+    app[READ_LIMITS] = ReadLimits(MemoryRateLimitStore(), directory)
+    _setup_order_desk(app, settings, stores, directory, clock)
     app.cleanup_ctx.append(_stores_lifetime(stores))
     app.cleanup_ctx.append(_upstream_lifetime)
     app.on_cleanup.append(_telemetry_shutdown)
     app.on_cleanup.append(_close_outbound(external, http))
     setup_routes(app)
     return app
+
+
+def _setup_order_desk(
+    app: web.Application, settings: Settings, stores: _Stores, directory: UserDirectory,
+    clock: Callable[[], float],
+) -> None:
+    orders, tokens = settings.orders, app[ACCOUNT_TOKENS]
+    audit = app[AUDIT_TRAIL] = AuditTrail(
+        stores.audit, spool_limit=settings.audit.spool_limit,
+        retry_interval=settings.audit.spool_retry_interval)
+    views = app[ORDER_VIEWS] = OrderViews(app[UPSTREAM], stores.ownership,
+                                          orders.finished_scan_limit)
+    pacing, market_data = orders.pacing, app[MARKET_DATA]
+
+    async def reference_price(market: str, account: str) -> Decimal | None:
+        return await market_data.last_price(market, tokens[account])
+
+    checks = PreTradeChecks(orders, stores.kill_switch, stores.rate_limits,
+                            AccountPacer(pacing.rate, pacing.burst, pacing.max_wait),
+                            reference_price)
+    desk = app[ORDER_DESK] = OrderDesk(
+        orders, upstream=app[UPSTREAM], tokens=tokens, directory=directory,
+        market_data=app[MARKET_DATA], checks=checks, audit=audit,
+        idempotency=stores.idempotency, ownership=stores.ownership, clock=clock)
+    app[KILL_SWITCHES] = KillSwitches(
+        stores.kill_switch, desk=desk, views=views, market_data=app[MARKET_DATA], tokens=tokens,
+        directory=directory, audit=audit, clock=clock)
 
 
 def _external_issuers(
@@ -144,6 +199,11 @@ class _Stores:
 
     revocations: RevocationStore
     market_cache: MarketCacheStore
+    rate_limits: RateLimitStore
+    idempotency: IdempotencyStore
+    ownership: OwnershipStore
+    kill_switch: KillSwitchStore
+    audit: AuditLog
     redis: Redis | None
 
 
@@ -155,15 +215,34 @@ def _stores(settings: Settings, given: Overrides, clock: Callable[[], float]) ->
         if client else MemoryRevocationStore(clock))
     market_cache = given.market_cache or (
         RedisMarketCacheStore(client, prefix) if client else MemoryMarketCacheStore(clock))
-    return _Stores(revocations, market_cache, client)
+    orders = settings.orders
+    if client is None:
+        return _Stores(revocations, market_cache, MemoryRateLimitStore(),
+                       MemoryIdempotencyStore(clock), MemoryOwnershipStore(),
+                       MemoryKillSwitchStore(orders.kill_switch.state_file),
+                       open_audit_log(settings, None), None)
+    return _Stores(
+        revocations, market_cache, RedisRateLimitStore(client, prefix),
+        RedisIdempotencyStore(client, prefix),
+        RedisOwnershipStore(client, prefix, orders.ownership_ttl),
+        RedisKillSwitchStore(client, prefix, orders.kill_switch.sync_interval),
+        open_audit_log(settings, client), client)
 
 
 def _stores_lifetime(stores: _Stores) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await stores.revocations.start()
+        await stores.kill_switch.start()
+        await stores.audit.start()
+        await app[AUDIT_TRAIL].start()
         yield
+        await app[AUDIT_TRAIL].close()
+        await stores.audit.close()
+        await stores.kill_switch.close()
         await stores.revocations.close()
         await stores.market_cache.close()
+        for store in (stores.rate_limits, stores.idempotency, stores.ownership):
+            await store.close()
         if stores.redis is not None:
             await stores.redis.aclose()
 

@@ -1,4 +1,4 @@
-"""``expie-gateway``: serve, check-config, token, users, keys and demo.
+"""``expie-gateway``: serve, check-config, token, users, keys, audit and demo.
 
 Settings come from ``--config`` (default: ``$EXPIE_GW_CONFIG`` or ``config/gateway.yaml``) plus
 ``EXPIE_GW_*`` overrides. A configuration error exits with status 2 and a message naming the key.
@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway import __version__
+from gateway.audit_cli import AUDIT_HANDLERS, add_audit_commands
 from gateway.auth.authenticator import user_cutoff
 from gateway.auth.credentials import load_account_tokens, load_keyring
 from gateway.auth.passwords import generate_client_secret, hash_secret
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--kid", required=True)
     generate.add_argument("--algorithm", default="EdDSA", choices=[a.value for a in Algorithm])
     generate.add_argument("--out", type=Path, required=True)
+    add_audit_commands(commands, _with_config)
     return parser
 
 
@@ -130,7 +132,7 @@ def check_config(args: argparse.Namespace) -> int:
     settings = read_settings(args.config)
     tokens = load_account_tokens(settings.accounts)
     load_keyring(settings.auth)
-    directory = load_users(settings.users_file, tokens.keys())
+    directory = load_users(settings.users_file, tokens.keys(), settings.orders)
     print(f"{args.config}: ok ({len(settings.accounts)} accounts, {len(directory.all())} users, "
           f"{len(settings.auth.keys)} keys, redis {'on' if settings.redis.url else 'off'})")
     return 0
@@ -237,7 +239,8 @@ def parse_duration(text: str) -> float:
 
 
 def _directory(settings: Settings) -> UserDirectory:
-    return load_users(settings.users_file, [account.name for account in settings.accounts])
+    return load_users(settings.users_file, [account.name for account in settings.accounts],
+                      settings.orders)
 
 
 def _requested_scopes(requested: list[str] | None, held: frozenset[Scope]) -> frozenset[Scope]:
@@ -262,6 +265,7 @@ HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("users", "list"): list_users,
     ("users", "hash-secret"): hash_client_secret,
     ("keys", "generate"): generate_key,
+    **AUDIT_HANDLERS,
 }
 
 

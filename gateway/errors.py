@@ -7,7 +7,12 @@ Exception tree (rendered in one place, ``gateway.web.errors``):
   - ``MalformedCredentials`` (400): a Bearer header that does not carry exactly one token.
   - ``Unauthenticated`` (401): no valid credentials; carries the RFC 6750 error and description.
   - ``Forbidden`` (403): authenticated, but not allowed (a missing scope, a market not allowed).
+    - ``RiskLimitExceeded`` (403): an order outside the desk's risk limits.
   - ``NotFound`` (404), ``MethodNotAllowed`` (405).
+  - ``IdempotencyInProgress`` / ``IdempotencyOutcomeUnknown`` (409), ``IdempotencyKeyReused``
+    (422): an ``Idempotency-Key`` that cannot be honoured as a fresh request or a replay.
+  - ``TradingHalted`` (423): a kill switch covers the caller; names the reason and who set it.
+  - ``RateLimited`` (429, ``Retry-After``, ``RateLimit-*``): a limit of the caller or its account.
   - ``UpstreamUnavailable`` (502) / ``UpstreamTimeout`` (504): the exchange could not be reached.
     - ``CircuitOpen`` (503, ``Retry-After``): the exchange has been failing; calls fail fast
       until the next probe (a subclass, so "serve stale when the exchange fails" covers it).
@@ -103,9 +108,16 @@ class MethodNotAllowed(GatewayError):
 
 
 class UpstreamUnavailable(GatewayError):
+    """``request_sent``: whether the exchange may have received the request (it may have acted
+    on an order even though no answer came back); False when the connection never opened."""
+
     code = "upstream_unavailable"
     status = 502
     temporary = True
+
+    def __init__(self, message: str, *, request_sent: bool = False) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
 
 
 class CircuitOpen(UpstreamUnavailable):
@@ -130,8 +142,66 @@ class UpstreamTimeout(GatewayError):
     status = 504
     temporary = True
 
+    def __init__(self, message: str, *, request_sent: bool = True) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
 
 class StoreUnavailable(GatewayError):
     code = "store_unavailable"
     status = 503
     temporary = True
+
+
+class RiskLimitExceeded(Forbidden):
+    """An order outside the desk's risk limits for this user and market (the message names it)."""
+
+    code = "risk_limit_exceeded"
+
+
+class IdempotencyInProgress(GatewayError):
+    code = "idempotency_in_progress"
+    status = 409
+    temporary = True
+
+
+class IdempotencyOutcomeUnknown(GatewayError):
+    """The first request with this key was sent but its outcome never came back."""
+
+    code = "idempotency_outcome_unknown"
+    status = 409
+
+    def __init__(self, message: str, audit_ref: str) -> None:
+        super().__init__(message)
+        self.audit_ref = audit_ref
+
+
+class IdempotencyKeyReused(GatewayError):
+    code = "idempotency_key_reused"
+    status = 422
+
+
+class TradingHalted(GatewayError):
+    code = "kill_switch_engaged"
+    status = 423
+
+
+class RateLimited(GatewayError):
+    """Over a limit: ``RateLimit-*`` headers (draft-ietf-httpapi-ratelimit-headers) and
+    ``Retry-After``, in whole seconds rounded up so a client waiting that long is admitted."""
+
+    code = "rate_limited"
+    status = 429
+    temporary = True
+
+    def __init__(self, message: str, *, limit: int, retry_after: float, reset_after: float,
+                 code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.limit = limit
+        self.retry_after = retry_after
+        self.reset_after = reset_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after))),
+                "RateLimit-Limit": str(self.limit), "RateLimit-Remaining": "0",
+                "RateLimit-Reset": str(max(1, math.ceil(self.reset_after)))}

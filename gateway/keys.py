@@ -11,7 +11,12 @@ from gateway.auth.grants import ClientCredentialsGrant
 from gateway.auth.secret import Secret
 from gateway.auth.signing import KeyRing
 from gateway.core.principal import Principal
+from gateway.services.audit_trail import AuditTrail
+from gateway.services.kill_switches import KillSwitches
 from gateway.services.market_data import MarketData
+from gateway.services.order_desk import OrderDesk
+from gateway.services.order_views import OrderViews
+from gateway.services.read_limits import ReadLimits
 from gateway.settings import Settings
 from gateway.stores.revocation import RevocationStore
 from gateway.telemetry import Telemetry
@@ -26,6 +31,11 @@ REVOCATIONS = web.AppKey("revocations", RevocationStore)
 UPSTREAM = web.AppKey("upstream", UpstreamClient)
 TELEMETRY = web.AppKey("telemetry", Telemetry)
 MARKET_DATA = web.AppKey("market_data", MarketData)
+ORDER_DESK = web.AppKey("order_desk", OrderDesk)
+ORDER_VIEWS = web.AppKey("order_views", OrderViews)
+KILL_SWITCHES = web.AppKey("kill_switches", KillSwitches)
+AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
+READ_LIMITS = web.AppKey("read_limits", ReadLimits)
 ACCOUNT_TOKENS: web.AppKey[Mapping[str, Secret]] = web.AppKey("account_tokens")
 # The JWKS document rendered once: it changes only with the configuration.
 JWKS_BODY = web.AppKey("jwks_body", bytes)

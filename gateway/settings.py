@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from gateway.core.mapping_reader import ConfigError, MappingReader
+from gateway.order_settings import OrderSettings, parse_orders
 
 ENV_PREFIX = "EXPIE_GW_"
 # Names the settings file (see ``gateway.cli``); it is not a settings key.
@@ -110,6 +111,18 @@ class RedisSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditSettings:
+    """Where the audit trail lives. ``backend`` ``auto`` is Redis when ``redis.url`` is set."""
+
+    backend: str = "auto"
+    file: Path = Path("var/audit.jsonl")
+    fsync: bool = True
+    retention_days: float = 0.0
+    spool_limit: int = 100_000
+    spool_retry_interval: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
@@ -118,7 +131,14 @@ class Settings:
     users_file: Path = Path("config/users.example.yaml")
     accounts: tuple[AccountSettings, ...] = ()
     redis: RedisSettings = RedisSettings()
+    audit: AuditSettings = AuditSettings()
+    orders: OrderSettings = field(default_factory=OrderSettings)
     log_level: str = "INFO"
+
+    @property
+    def audit_in_redis(self) -> bool:
+        return self.audit.backend == "redis" or (
+            self.audit.backend == "auto" and self.redis.url is not None)
 
 
 def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -198,12 +218,16 @@ def parse_settings(data: object) -> Settings:
         users_file=_path(root.section("users", {}), "file", "config/users.example.yaml"),
         accounts=tuple(_account(s) for _, s in root.items("accounts", [], allow_empty=True)),
         redis=_redis(root.section("redis", {})),
+        audit=_audit(root.section("audit", {})),
+        orders=parse_orders(root.section("orders", {})),
         log_level=_log_level(root.section("logging", {})),
     )
     root.done()
     names = [account.name for account in settings.accounts]
     if len(names) != len(set(names)):
         raise ConfigError("accounts: duplicate account name")
+    if settings.audit.backend == "redis" and settings.redis.url is None:
+        raise ConfigError("audit.backend: redis needs redis.url")
     return settings
 
 
@@ -350,6 +374,22 @@ def _redis(section: MappingReader) -> RedisSettings:
         key_prefix=section.text("key_prefix", "expie-gw:"),
         max_connections=section.integer("max_connections", 64, minimum=1),
         revocation_sync_interval=section.number("revocation_sync_interval", 0.25),
+    )
+    section.done()
+    return settings
+
+
+def _audit(section: MappingReader) -> AuditSettings:
+    backend = section.text("backend", "auto")
+    if backend not in ("auto", "file", "redis"):
+        raise ConfigError(f"{section.key('backend')}: expected auto, file or redis")
+    settings = AuditSettings(
+        backend=backend,
+        file=Path(section.text("file", "var/audit.jsonl")),
+        fsync=section.flag("fsync", True),
+        retention_days=section.number("retention_days", 0.0, allow_zero=True),
+        spool_limit=section.integer("spool_limit", 100_000, minimum=1),
+        spool_retry_interval=section.number("spool_retry_interval", 0.5),
     )
     section.done()
     return settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,12 +28,18 @@ ISSUER = "expie-gateway"
 
 
 def gateway_settings(simulator: RunningSimulator, redis: RedisSettings | None = None) -> Settings:
+    """The demo's settings against ``simulator``; without Redis, the audit file and the kill
+    switches' state file go to a fresh temporary directory (each gateway its own)."""
     settings = load_settings(DEMO_SETTINGS, environ={})
+    state = Path(tempfile.mkdtemp(prefix="expie-gw-test-"))
     return dataclasses.replace(
         settings,
         upstream=UpstreamSettings(base_url=simulator.url("").rstrip("/")),
         users_file=USERS_FILE,
         redis=redis or RedisSettings(),
+        audit=dataclasses.replace(settings.audit, backend="auto", file=state / "audit.jsonl"),
+        orders=dataclasses.replace(settings.orders, kill_switch=dataclasses.replace(
+            settings.orders.kill_switch, state_file=state / "kill-switches.json")),
     )
 
 

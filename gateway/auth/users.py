@@ -15,6 +15,13 @@ import yaml
 from gateway.auth.passwords import is_valid_hash
 from gateway.core.mapping_reader import ConfigError, MappingReader
 from gateway.core.principal import Scope
+from gateway.order_settings import (
+    OrderSettings,
+    RiskRules,
+    UserLimits,
+    parse_risk,
+    parse_user_limits,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +33,8 @@ class User:
     markets: frozenset[str] | None
     account: str
     secret_hash: str | None = field(default=None, repr=False)
+    limits: UserLimits = field(default_factory=UserLimits)
+    risk: RiskRules = field(default_factory=RiskRules)
 
 
 class UserDirectory:
@@ -39,14 +48,19 @@ class UserDirectory:
         return sorted(self._users.values(), key=lambda user: user.id)
 
 
-def load_users(path: Path, accounts: Collection[str]) -> UserDirectory:
-    """Users from ``path``; each must trade for one of ``accounts``."""
+def load_users(
+    path: Path, accounts: Collection[str], orders: OrderSettings | None = None
+) -> UserDirectory:
+    """Users from ``path``; each must trade for one of ``accounts``. A user's ``limits`` and
+    ``risk`` override the defaults of ``orders``."""
+    defaults = orders or OrderSettings()
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read users file {path}: {exc}") from exc
     root = MappingReader(data, str(path))
-    users = [_user(section, accounts) for _, section in root.items("users", [], allow_empty=True)]
+    users = [_user(section, accounts, defaults)
+             for _, section in root.items("users", [], allow_empty=True)]
     root.done()
     ids = [user.id for user in users]
     if len(ids) != len(set(ids)):
@@ -54,7 +68,7 @@ def load_users(path: Path, accounts: Collection[str]) -> UserDirectory:
     return UserDirectory(users)
 
 
-def _user(section: MappingReader, accounts: Collection[str]) -> User:
+def _user(section: MappingReader, accounts: Collection[str], orders: OrderSettings) -> User:
     scopes = section.text_list("scopes")
     unknown = sorted(set(scopes) - {scope.value for scope in Scope})
     if unknown:
@@ -68,6 +82,8 @@ def _user(section: MappingReader, accounts: Collection[str]) -> User:
         scopes=frozenset(Scope(scope) for scope in scopes),
         markets=markets,
         account=section.text("account"),
+        limits=parse_user_limits(section.section("limits", {}), orders.limits),
+        risk=parse_risk(section.section("risk", {}), orders.risk),
     )
     section.done()
     if user.secret_hash is not None and not is_valid_hash(user.secret_hash):

@@ -13,6 +13,8 @@ class Scope(StrEnum):
     MARKET_READ = "market:read"
     ORDERS_READ = "orders:read"
     ORDERS_WRITE = "orders:write"
+    # Sees and cancels every order of its account, not only its own (``admin`` implies it).
+    ORDERS_DESK = "orders:desk"
     BALANCE_READ = "balance:read"
     ADMIN = "admin"
 
@@ -37,6 +39,11 @@ class Principal:
 
     def has(self, scope: Scope) -> bool:
         return scope in self.scopes
+
+    @property
+    def desk_wide(self) -> bool:
+        """Whether this caller sees the whole account's orders, not only its own."""
+        return Scope.ORDERS_DESK in self.scopes or Scope.ADMIN in self.scopes
 
     def may_trade(self, market: str) -> bool:
         return self.markets is None or market in self.markets

@@ -16,11 +16,19 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 from enum import Enum
 from typing import Protocol
 
 from gateway.auth.secret import Secret
-from gateway.errors import NotFound, StoreUnavailable, UpstreamTimeout, UpstreamUnavailable
+from gateway.core.decimals import parse_decimal
+from gateway.errors import (
+    GatewayError,
+    NotFound,
+    StoreUnavailable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.services.single_flight import SingleFlight
 from gateway.settings import CacheSettings
 from gateway.stores.market_cache import CachedResponse, MarketCacheStore
@@ -122,6 +130,21 @@ class MarketData:
             return
         if market not in await self.market_names(token):
             raise NotFound(f"unknown market {market}", code="unknown_market")
+
+    async def last_price(self, market: str, token: Secret) -> Decimal | None:
+        """The last trade price from the (cached) ticker; None when there is none or unreadable."""
+        try:
+            answer = await self.fetch(Endpoint.TICKER, market, token)
+        except GatewayError:
+            return None
+        if answer.status != 200:
+            return None
+        try:
+            last = json.loads(answer.body).get("last")
+        except (ValueError, AttributeError):
+            return None
+        value = parse_decimal(last) if isinstance(last, str) else None
+        return value or None
 
     async def market_names(self, token: Secret) -> frozenset[str]:
         answer = await self.fetch(Endpoint.MARKETS, None, token)

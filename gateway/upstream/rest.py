@@ -193,11 +193,15 @@ class UpstreamClient:
         self, exc: TimeoutError | aiohttp.ClientError
     ) -> UpstreamUnavailable | UpstreamTimeout:
         error: UpstreamUnavailable | UpstreamTimeout
+        never_connected = aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
+        connected = not isinstance(exc, never_connected)
         if isinstance(exc, TimeoutError):
             error = UpstreamTimeout(
-                f"the exchange did not answer within {self._settings.total_timeout:g} s")
+                f"the exchange did not answer within {self._settings.total_timeout:g} s",
+                request_sent=connected)
         else:
-            error = UpstreamUnavailable(f"cannot reach the exchange: {_describe(exc)}")
+            error = UpstreamUnavailable(f"cannot reach the exchange: {_describe(exc)}",
+                                        request_sent=connected)
         error.__cause__ = exc
         return error
 

@@ -8,16 +8,19 @@ is a 400/404 from the gateway and costs the exchange nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from aiohttp import web
 
 from gateway.core.principal import Scope
 from gateway.errors import BadRequest
-from gateway.keys import ACCOUNT_TOKENS, MARKET_DATA, PRINCIPAL
+from gateway.keys import ACCOUNT_TOKENS, MARKET_DATA, PRINCIPAL, READ_LIMITS
 from gateway.services.market_data import Endpoint
 from gateway.web.guard import Handler
 from gateway.web.market_data import serve_cached
+from gateway.web.orders import owned_details, owned_listing
 from gateway.web.proxy import forward_to
 
 PAGING = frozenset({"limit", "offset"})
@@ -31,27 +34,33 @@ class ExchangeRoute:
     scope: Scope
     query: frozenset[str] = frozenset()
     cached: Endpoint | None = None
+    # Builds the handler from the template; default: forward to the exchange unchanged.
+    serve: Callable[[str], Handler] = forward_to
 
 
-# Matched in this order: the hottest route first, fixed segments before ``{order_id}``.
+# Matched in this order: the hottest route first, fixed segments before ``{order_id}``. Placing
+# and cancelling are the order desk's (``gateway.web.orders``), registered before these.
 EXCHANGE_ROUTES = (
     ExchangeRoute("GET", "/v1/markets/{market}/ticker", Scope.MARKET_READ, cached=Endpoint.TICKER),
     ExchangeRoute("GET", "/v1/markets", Scope.MARKET_READ, cached=Endpoint.MARKETS),
     ExchangeRoute("GET", "/v1/markets/{market}/depth", Scope.MARKET_READ, cached=Endpoint.DEPTH),
-    ExchangeRoute("POST", "/v1/markets/{market}/orders", Scope.ORDERS_WRITE),
-    ExchangeRoute("POST", "/v1/markets/{market}/orders/{order_id}/_cancel", Scope.ORDERS_WRITE),
-    ExchangeRoute("GET", "/v1/markets/{market}/orders/_pending", Scope.ORDERS_READ, PAGING),
-    ExchangeRoute("GET", "/v1/markets/{market}/orders/_finished", Scope.ORDERS_READ, PAGING),
-    ExchangeRoute("GET", "/v1/markets/{market}/orders/{order_id}", Scope.ORDERS_READ, PAGING),
+    ExchangeRoute("GET", "/v1/markets/{market}/orders/_pending", Scope.ORDERS_READ, PAGING,
+                  serve=partial(owned_listing, pending=True)),
+    ExchangeRoute("GET", "/v1/markets/{market}/orders/_finished", Scope.ORDERS_READ, PAGING,
+                  serve=partial(owned_listing, pending=False)),
+    ExchangeRoute("GET", "/v1/markets/{market}/orders/{order_id}", Scope.ORDERS_READ, PAGING,
+                  serve=owned_details),
     ExchangeRoute("GET", "/v1/balance/summary", Scope.BALANCE_READ),
     ExchangeRoute("GET", "/v1/balance/history", Scope.BALANCE_READ, PAGING | {"coin_code"}),
 )
 
 
 def exchange_handler(route: ExchangeRoute) -> Handler:
-    serve = serve_cached(route.cached) if route.cached else forward_to(route.template)
+    serve = serve_cached(route.cached) if route.cached else route.serve(route.template)
+    market_data = route.cached is not None
 
     async def checked(request: web.Request) -> web.StreamResponse:
+        await request.app[READ_LIMITS].admit(request[PRINCIPAL], market_data)
         check_query(request, route.query)
         order_id = request.match_info.get("order_id")
         if order_id is not None and not order_id.isdigit():

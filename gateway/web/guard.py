@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.core.principal import Scope
+from gateway.core.principal import Principal, Scope
 from gateway.errors import Forbidden, GatewayError, InsufficientScope
 from gateway.keys import AUTHENTICATOR, PRINCIPAL, REQUEST_ID
 from gateway.web.errors import error_response
@@ -51,21 +51,24 @@ def public(handler: Handler) -> Handler:
     return public_handler
 
 
+async def authorize(request: web.Request, scope: Scope) -> Principal:
+    """The caller, when its token verifies and holds ``scope`` (and the route's market, if any)."""
+    principal = await request.app[AUTHENTICATOR].authenticate(request.headers.get("Authorization"))
+    if scope not in principal.scopes:
+        raise InsufficientScope(scope.value)
+    market = request.match_info.get("market")
+    if market is not None and not principal.may_trade(market):
+        raise Forbidden(f"market {market} is not allowed for this user", code="market_not_allowed")
+    return principal
+
+
 def protected(scope: Scope, handler: Handler) -> Handler:
     """``handler`` for callers whose token verifies and holds ``scope`` (and the market, if any)."""
 
     async def protected_handler(request: web.Request) -> web.StreamResponse:
         rid = request[REQUEST_ID] = request_id(request)
         try:
-            principal = await request.app[AUTHENTICATOR].authenticate(
-                request.headers.get("Authorization"))
-            if scope not in principal.scopes:
-                raise InsufficientScope(scope.value)
-            market = request.match_info.get("market")
-            if market is not None and not principal.may_trade(market):
-                raise Forbidden(f"market {market} is not allowed for this user",
-                                code="market_not_allowed")
-            request[PRINCIPAL] = principal
+            request[PRINCIPAL] = await authorize(request, scope)
             response = await handler(request)
         except GatewayError as exc:
             return error_response(exc, rid)

@@ -6,10 +6,12 @@ from aiohttp import hdrs, web
 
 from gateway.core.principal import Scope
 from gateway.errors import MethodNotAllowed, NotFound
+from gateway.web.admin import audit_records, list_kill_switches, set_kill_switch
 from gateway.web.auth_routes import issue_token, jwks, revoke
 from gateway.web.exchange import EXCHANGE_ROUTES, exchange_handler
 from gateway.web.guard import protected, public
 from gateway.web.health import healthz, metrics, readyz
+from gateway.web.orders import cancel_order, order_call, place_order
 
 
 async def no_such_route(request: web.Request) -> web.Response:
@@ -24,12 +26,19 @@ async def no_such_route(request: web.Request) -> web.Response:
 
 def setup_routes(app: web.Application) -> None:
     router = app.router
+    router.add_post("/v1/markets/{market}/orders", order_call("place", place_order))
+    router.add_post("/v1/markets/{market}/orders/{order_id}/_cancel",
+                    order_call("cancel", cancel_order))
     for route in EXCHANGE_ROUTES:
         router.add_route(route.method, route.template,
                          protected(route.scope, exchange_handler(route)))
     router.add_post("/auth/token", public(issue_token))
     router.add_get("/.well-known/jwks.json", public(jwks), allow_head=False)
     router.add_post("/admin/tokens/revoke", protected(Scope.ADMIN, revoke))
+    router.add_post("/admin/kill-switch", protected(Scope.ADMIN, set_kill_switch))
+    router.add_get("/admin/kill-switch", protected(Scope.ADMIN, list_kill_switches),
+                   allow_head=False)
+    router.add_get("/admin/audit", protected(Scope.ADMIN, audit_records), allow_head=False)
     router.add_get("/healthz", public(healthz), allow_head=False)
     router.add_get("/readyz", public(readyz), allow_head=False)
     router.add_get("/metrics", public(metrics), allow_head=False)

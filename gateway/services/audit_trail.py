@@ -1,0 +1,269 @@
+"""The audit trail as the order desk uses it: write-ahead intents, spooled outcomes, search.
+
+Owns the policy between callers and the ``AuditLog``: an order's *intent* must be stored before
+the order is forwarded (``write_ahead`` fails closed with ``StoreUnavailable``, code
+``audit_unavailable``, and the desk refuses the order); everything else (outcomes, refusals,
+admin actions) must never make a request fail after the fact, so ``record`` keeps what the log
+cannot take in an in-process FIFO spool and a background task retries it every
+``retry_interval`` until written. While the spool holds anything, new records queue behind it,
+so the chain keeps their order. A full spool drops the record with an error log naming it and
+counts it (``dropped``). Also ``search`` (filters and a cursor, for ``GET /admin/audit``) and
+``verify_log`` (the whole chain, for ``audit verify``).
+
+It does not own the log's lifetime (whoever opened it starts and closes it) or build records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from gateway.core.audit_chain import (
+    AuditEvent,
+    AuditRecord,
+    ChainPoint,
+    MalformedRecord,
+    Verification,
+    verify_chain,
+)
+from gateway.errors import StoreUnavailable
+from gateway.stores.audit import AuditLog
+
+logger = logging.getLogger(__name__)
+
+UNAVAILABLE = "audit_unavailable"
+_READ_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Every filter given must hold; ``since`` is inclusive, ``until`` exclusive (event time)."""
+
+    user: str | None = None
+    account: str | None = None
+    market: str | None = None
+    action: str | None = None
+    kind: str | None = None
+    outcome: str | None = None
+    since: float | None = None
+    until: float | None = None
+    after_seq: int = 0
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        if self.limit < 1 or self.after_seq < 0:
+            raise ValueError("an audit query needs limit >= 1 and after_seq >= 0")
+
+    def matches(self, event: AuditEvent) -> bool:
+        wanted = ((self.user, event.user), (self.account, event.account),
+                  (self.market, event.market), (self.action, event.action),
+                  (self.kind, event.kind), (self.outcome, event.outcome))
+        return (all(want is None or want == have for want, have in wanted)
+                and (self.since is None or event.time >= self.since)
+                and (self.until is None or event.time < self.until))
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    records: list[AuditRecord]
+    next_after: int | None  # pass as after_seq for the next page; None at the end
+
+
+class AuditTrail:
+    def __init__(self, log: AuditLog, *, spool_limit: int, retry_interval: float,
+                 max_scan: int = 50_000, flush_timeout: float = 5.0) -> None:
+        self._log = log
+        self._spool: deque[AuditEvent] = deque()
+        self._spool_limit = spool_limit
+        self._interval = retry_interval
+        self._max_scan = max_scan
+        self._flush_timeout = flush_timeout
+        self._dropped = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._delivering: set[asyncio.Task[None]] = set()
+
+    @property
+    def spooled(self) -> int:
+        return len(self._spool)
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._closing = False
+            self._task = asyncio.create_task(self._retry_loop(), name="audit-spool")
+
+    async def close(self) -> None:
+        """Stop retrying, then try to write the spool for up to ``flush_timeout`` seconds."""
+        task, self._task = self._task, None
+        self._closing = True  # redis-py may swallow the cancel: the loop checks this too
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        if self._delivering:
+            await asyncio.wait(self._delivering, timeout=self._flush_timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._flush_timeout
+        while self._spool and loop.time() < deadline:
+            if not await self._drain(deadline):
+                await asyncio.sleep(min(self._interval, 0.1))
+        if self._spool:
+            lost = ", ".join(f"{event.kind}:{event.id}" for event in self._spool)
+            logger.error("audit trail: %d records could not be written and are lost: %s",
+                         len(self._spool), lost)
+
+    async def write_ahead(self, event: AuditEvent) -> AuditRecord:
+        """Store ``event`` now; ``StoreUnavailable`` when it cannot be (refuse the order)."""
+        try:
+            return await self._log.append(event)
+        except StoreUnavailable as exc:
+            raise StoreUnavailable("the audit trail cannot record this order, so it was not "
+                                   "sent", code=UNAVAILABLE) from exc
+
+    async def record(self, event: AuditEvent) -> None:
+        """Store ``event`` now, or spool it for later; never raises. The write goes on if the
+        caller is cancelled (a client that hangs up does not erase an outcome)."""
+        if self._spool:
+            self._enqueue(event)
+            return
+        task = asyncio.ensure_future(self._deliver(event))
+        self._delivering.add(task)
+        task.add_done_callback(self._delivering.discard)
+        await asyncio.shield(task)
+
+    async def search(self, query: AuditQuery) -> AuditPage:
+        """Matching records after ``query.after_seq``, reading at most ``max_scan`` records."""
+        found: list[AuditRecord] = []
+        cursor, scanned = query.after_seq, 0
+        while scanned < self._max_scan:
+            page = await self._log.read(cursor, min(_READ_BATCH, self._max_scan - scanned))
+            if not page:
+                return AuditPage(found, None)
+            for record in page:
+                scanned, cursor = scanned + 1, record.seq
+                if query.matches(record.event):
+                    found.append(record)
+                    if len(found) == query.limit:
+                        return AuditPage(found, cursor)
+        return AuditPage(found, cursor)
+
+    async def _deliver(self, event: AuditEvent) -> None:
+        try:
+            await self._log.append(event)
+        except StoreUnavailable as exc:
+            if not self._spool:
+                logger.warning("audit trail: the audit log is unavailable (%s); spooling "
+                               "records in memory and retrying", exc)
+            self._enqueue(event)
+
+    def _enqueue(self, event: AuditEvent) -> None:
+        if len(self._spool) >= self._spool_limit:
+            self._dropped += 1
+            logger.error("audit trail: spool full (%d records); dropped %s %s record %s of "
+                         "request %s", self._spool_limit, event.kind, event.action, event.id,
+                         event.request_id)
+            return
+        self._spool.append(event)
+        self._wake.set()
+
+    async def _retry_loop(self) -> None:
+        while not self._closing:
+            if not self._spool:
+                self._wake.clear()
+                await self._wake.wait()
+            elif not await self._drain(None):
+                await asyncio.sleep(self._interval)
+
+    async def _drain(self, deadline: float | None) -> bool:
+        """Write the spool in order; False at the first failure (or the deadline)."""
+        loop, written = asyncio.get_running_loop(), 0
+        while self._spool and (deadline is None or loop.time() < deadline):
+            if deadline is None and self._closing:
+                return False
+            try:
+                await self._log.append(self._spool[0])
+            except StoreUnavailable:
+                return False
+            self._spool.popleft()  # only once stored: newer records stay queued behind it
+            written += 1
+        if written and not self._spool:
+            logger.info("audit trail: the audit log is back; %d spooled records written", written)
+        return not self._spool
+
+
+async def verify_log(log: AuditLog, *, batch: int = _READ_BATCH) -> Verification:
+    """Verify the whole chain from the anchor to the head, streaming.
+
+    Hashing runs in a worker thread that fetches pages on the event loop. Retried once when the
+    anchor moved meanwhile (a trim ran), which would otherwise look like deleted records.
+    """
+    for _ in range(2):
+        anchor = await log.anchor()
+        try:
+            head: ChainPoint | None = await log.head()
+        except MalformedRecord:
+            head = None  # the newest record is unreadable: the scan reaches and reports it
+        pages = _Pages(log, asyncio.get_running_loop(), anchor, head, batch)
+        result = await asyncio.to_thread(verify_chain, pages, anchor, head)
+        result = pages.unreadable_first(result)
+        if result.ok or await log.anchor() == anchor:
+            return result
+    return result
+
+
+class _Pages:
+    """Records from the anchor, in stored order, fetched page by page on the event loop."""
+
+    def __init__(self, log: AuditLog, loop: asyncio.AbstractEventLoop, anchor: ChainPoint,
+                 head: ChainPoint | None, batch: int) -> None:
+        self._log, self._loop, self._batch = log, loop, batch
+        self._anchor = anchor
+        self._left = None if head is None else head.seq - anchor.seq  # appends after: not ours
+        self._unreadable: tuple[int, str] | None = None  # its seq, what is wrong
+
+    def __iter__(self) -> Iterator[AuditRecord]:
+        cursor = self._anchor.seq  # positions, not seqs: a tampered log still pages right
+        while self._left is None or self._left > 0:
+            size = self._batch if self._left is None else min(self._batch, self._left)
+            page = self._fetch_page(cursor, size)
+            yield from page
+            if len(page) < size:
+                return
+            cursor += len(page)
+            self._left = None if self._left is None else self._left - len(page)
+
+    def unreadable_first(self, result: Verification) -> Verification:
+        """The unreadable record is the problem unless the chain broke before it."""
+        if self._unreadable is None:
+            return result
+        seq, problem = self._unreadable
+        if result.seq is not None and result.seq < seq:
+            return result
+        return Verification(False, result.checked, f"record {seq} is unreadable ({problem})", seq)
+
+    def _fetch_page(self, cursor: int, size: int) -> list[AuditRecord]:
+        try:
+            return self._fetch(cursor, size)
+        except MalformedRecord:
+            pass
+        page: list[AuditRecord] = []  # one by one, to keep the records before the bad one
+        for position in range(cursor, cursor + size):
+            try:
+                record = self._fetch(position, 1)
+            except MalformedRecord as exc:
+                self._unreadable = (position + 1, str(exc))
+                return page
+            if not record:
+                break
+            page += record
+        return page
+
+    def _fetch(self, cursor: int, size: int) -> list[AuditRecord]:
+        return asyncio.run_coroutine_threadsafe(self._log.read(cursor, size), self._loop).result()

@@ -1,0 +1,346 @@
+"""The order desk: placing and cancelling orders for the desk's users, once, audited.
+
+One journey for both calls (``_submit``): idempotency claim -> pre-trade checks (kill switch,
+risk, limits, pacing) -> audit *intent*, durably stored, or the call is refused with 503 and
+never sent -> the exchange, with the account's token -> audit *outcome* -> the owner of a new
+order and the idempotent result are remembered. Every refusal on the way is audited and reaches
+the caller as the ``GatewayError`` it is; errors from the exchange pass through unchanged.
+
+Outcomes: 2xx accepted; 4xx rejected; 502/503, or a connection that never opened, an upstream
+error the exchange did not act on (an idempotency key is then released, so a retry is fresh);
+anything else — a timeout after sending, a dropped connection, another 5xx — unknown: the key
+remembers that and a replay answers 409 with the intent's audit id instead of guessing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+
+from gateway.auth.secret import Secret
+from gateway.auth.users import User, UserDirectory
+from gateway.core.audit_chain import AuditRecord, Kind, Outcome
+from gateway.core.orders import (
+    FORM_CONTENT_TYPE,
+    MarketRules,
+    market_rules,
+    parse_order_fields,
+    validate_order,
+)
+from gateway.core.principal import Principal
+from gateway.errors import (
+    GatewayError,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    IdempotencyOutcomeUnknown,
+    NotFound,
+    StoreUnavailable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.order_settings import OrderSettings
+from gateway.services.audit_trail import AuditTrail
+from gateway.services.call_context import CallContext, Step, audit_event
+from gateway.services.market_data import Endpoint, MarketData
+from gateway.services.pre_trade import PreTradeChecks
+from gateway.stores.idempotency import Claim, ClaimState, IdempotencyStore, StoredResponse
+from gateway.stores.ownership import OwnershipStore
+from gateway.upstream.rest import UpstreamClient, UpstreamResponse
+
+logger = logging.getLogger(__name__)
+NOT_ACTED_ON = frozenset({502, 503})
+_FIRST_POLL = 0.01
+_MAX_POLL = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class DeskAnswer:
+    status: int
+    body: bytes
+    content_type: str | None
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Submission:
+    account: str
+    action: str
+    market: str
+    params: Mapping[str, str]
+    fingerprint: str
+    path: str
+    body: bytes | None
+    content_type: str | None
+    idempotency_key: str | None
+    checks: Callable[[], Awaitable[dict[str, str]]]
+
+
+class OrderDesk:
+    def __init__(
+        self, settings: OrderSettings, *, upstream: UpstreamClient,
+        tokens: Mapping[str, Secret], directory: UserDirectory, market_data: MarketData,
+        checks: PreTradeChecks, audit: AuditTrail, idempotency: IdempotencyStore,
+        ownership: OwnershipStore, clock: Callable[[], float],
+    ) -> None:
+        self._settings = settings
+        self._upstream = upstream
+        self._tokens = tokens
+        self._directory = directory
+        self._market_data = market_data
+        self._checks = checks
+        self._audit = audit
+        self._idempotency = idempotency
+        self._ownership = ownership
+        self._clock = clock
+        self._rules: tuple[bytes, dict[str, MarketRules]] = (b"", {})
+
+    async def place(
+        self, context: CallContext, market: str, body: bytes, content_type: str | None,
+        idempotency_key: str | None,
+    ) -> DeskAnswer:
+        principal = _known(context)
+        try:
+            rules = await self._market_rules(market, principal.account)
+            order = validate_order(market, parse_order_fields(body, content_type), rules)
+        except GatewayError as exc:
+            await self.refused(context, "place", market, {}, exc, idempotency_key)
+            raise
+        user = self._user(principal)
+        return await self._submit(context, _Submission(
+            principal.account, "place", market, order.params(), order.fingerprint(),
+            f"/v1/markets/{market}/orders", order.form_body(), FORM_CONTENT_TYPE,
+            idempotency_key, lambda: self._checks.before_place(principal, user, order)))
+
+    async def cancel(
+        self, context: CallContext, market: str, order_id: int, idempotency_key: str | None
+    ) -> DeskAnswer:
+        principal = _known(context)
+        params = {"order_id": str(order_id)}
+        try:
+            await self._market_data.require_market(market, self._tokens[principal.account])
+            await self.require_owner(principal, order_id)
+        except GatewayError as exc:
+            await self.refused(context, "cancel", market, params, exc, idempotency_key)
+            raise
+        user = self._user(principal)
+        return await self._submit(context, self._cancel_submission(
+            principal.account, market, order_id, idempotency_key,
+            lambda: self._checks.before_cancel(principal, user)))
+
+    async def cancel_for_kill_switch(
+        self, context: CallContext, account: str, market: str, order_id: int
+    ) -> DeskAnswer:
+        """A cancel on behalf of a kill switch: audited like any, paced, not rate-limited."""
+
+        async def paced() -> dict[str, str]:
+            await self._checks.pace(account)
+            return {}
+
+        return await self._submit(
+            context, self._cancel_submission(account, market, order_id, None, paced))
+
+    async def require_owner(self, principal: Principal, order_id: int) -> None:
+        """``NotFound`` unless ``principal`` may see order ``order_id`` of its account."""
+        if principal.desk_wide:
+            return
+        owner = (await self._ownership.owners(principal.account, [order_id]))[0]
+        if owner != principal.user_id:
+            raise NotFound(f"order {order_id} not found", code="order_not_found")
+
+    async def refused(
+        self, context: CallContext, action: str, market: str | None, params: Mapping[str, str],
+        error: GatewayError, idempotency_key: str | None = None,
+    ) -> None:
+        await self._audit.record(audit_event(context, Step(
+            Kind.REFUSAL, action, market, params, idempotency_key, Outcome.REJECTED,
+            reason=error.code, upstream_status=None), self._clock))
+
+    def _cancel_submission(
+        self, account: str, market: str, order_id: int, idempotency_key: str | None,
+        checks: Callable[[], Awaitable[dict[str, str]]],
+    ) -> _Submission:
+        fingerprint = hashlib.sha256(f"cancel\0{market}\0{order_id}".encode()).hexdigest()
+        return _Submission(
+            account, "cancel", market, {"order_id": str(order_id)}, fingerprint,
+            f"/v1/markets/{market}/orders/{order_id}/_cancel", None, None, idempotency_key, checks)
+
+    async def _submit(self, context: CallContext, submission: _Submission) -> DeskAnswer:
+        key = submission.idempotency_key
+        if key is not None:
+            replay = await self._claim(context, submission, key)
+            if replay is not None:
+                return replay
+        try:
+            headers = await submission.checks()
+            intent = await self._audit.write_ahead(audit_event(context, self._step(
+                submission, Kind.INTENT), self._clock))
+        except GatewayError as exc:
+            await self._release(context, key)
+            await self.refused(context, submission.action, submission.market,
+                               submission.params, exc, key)
+            raise
+        return await self._forward(context, submission, intent, headers)
+
+    async def _claim(
+        self, context: CallContext, submission: _Submission, key: str
+    ) -> DeskAnswer | None:
+        """None when this call owns ``key`` now; the stored answer for a replay."""
+        try:
+            claim = await self._wait_for_claim(_known(context).user_id, key, submission.fingerprint)
+            if claim.state is ClaimState.NEW:
+                return None
+            if claim.state is ClaimState.REPLAY and claim.response is not None:
+                stored = claim.response
+                return DeskAnswer(stored.status, stored.body, stored.content_type,
+                                  {"Idempotent-Replayed": "true"})
+            raise _claim_error(claim, key)
+        except GatewayError as exc:
+            await self.refused(context, submission.action, submission.market,
+                               submission.params, exc, key)
+            raise
+
+    async def _wait_for_claim(self, user: str, key: str, fingerprint: str) -> Claim:
+        """The claim, waiting (bounded) while another call with the same key is in flight."""
+        ttl = self._settings.idempotency.ttl
+        deadline = asyncio.get_running_loop().time() + self._settings.idempotency.wait
+        pause = _FIRST_POLL
+        claim = await self._idempotency.claim(user, key, fingerprint, ttl)
+        while claim.state is ClaimState.IN_FLIGHT:
+            if asyncio.get_running_loop().time() + pause > deadline:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _MAX_POLL)
+            claim = await self._idempotency.claim(user, key, fingerprint, ttl)
+        return claim
+
+    async def _forward(
+        self, context: CallContext, submission: _Submission, intent: AuditRecord,
+        headers: dict[str, str],
+    ) -> DeskAnswer:
+        principal = _known(context)
+        try:
+            answer = await self._upstream.send(
+                "POST", submission.path, self._tokens[submission.account], submission.body,
+                submission.content_type)
+        except (UpstreamUnavailable, UpstreamTimeout) as exc:
+            outcome = Outcome.UNKNOWN if exc.request_sent else Outcome.UPSTREAM_ERROR
+            await self._settle(context, submission, intent, outcome, None, exc.code)
+            raise
+        outcome = _outcome_of(answer.status)
+        order_id = await self._settle(context, submission, intent, outcome, answer, None)
+        if order_id is not None and submission.action == "place":
+            await self._remember_owner(principal, order_id)
+        return DeskAnswer(answer.status, answer.body, answer.content_type, headers)
+
+    async def _settle(
+        self, context: CallContext, submission: _Submission, intent: AuditRecord,
+        outcome: Outcome, answer: UpstreamResponse | None, reason: str | None,
+    ) -> int | None:
+        """Writes the outcome record and settles the idempotency key; the order id, if any."""
+        order_id = _order_id(answer) if outcome is Outcome.ACCEPTED and answer else None
+        step = replace(self._step(submission, Kind.OUTCOME), outcome=outcome, reason=reason,
+                       upstream_status=answer.status if answer else None,
+                       order_id=order_id, intent_id=intent.event.id)
+        await self._audit.record(audit_event(context, step, self._clock))
+        key = submission.idempotency_key
+        if key is not None:
+            await self._settle_key(_known(context).user_id, key, outcome, answer, intent)
+        return order_id
+
+    async def _settle_key(
+        self, user: str, key: str, outcome: Outcome, answer: UpstreamResponse | None,
+        intent: AuditRecord,
+    ) -> None:
+        ttl = self._settings.idempotency.ttl
+        try:
+            if outcome is Outcome.UNKNOWN:
+                await self._idempotency.mark_unknown(user, key, intent.event.id, ttl)
+            elif outcome is Outcome.UPSTREAM_ERROR or answer is None:
+                await self._idempotency.release(user, key)
+            else:
+                await self._idempotency.complete(user, key, StoredResponse(
+                    answer.status, answer.body, answer.content_type), ttl)
+        except StoreUnavailable:
+            # The key stays "in flight": replays answer 409 until it expires — never a resend.
+            logger.exception("idempotency key of %s could not be settled (intent %s)", user,
+                         intent.event.id)
+
+    async def _release(self, context: CallContext, key: str | None) -> None:
+        if key is None:
+            return
+        try:
+            await self._idempotency.release(_known(context).user_id, key)
+        except StoreUnavailable:
+            logger.warning("idempotency key of %s could not be released",
+                           _known(context).user_id)
+
+    async def _remember_owner(self, principal: Principal, order_id: int) -> None:
+        try:
+            await self._ownership.record(principal.account, order_id, principal.user_id)
+        except StoreUnavailable:
+            # The outcome record names user and order: the owner can be restored from the trail.
+            logger.exception("owner of order %d (user %s) could not be recorded", order_id,
+                         principal.user_id)
+
+    async def _market_rules(self, market: str, account: str) -> MarketRules:
+        answer = await self._market_data.fetch(Endpoint.MARKETS, None, self._tokens[account])
+        if answer.status != 200:
+            raise UpstreamUnavailable(
+                f"the exchange's markets list is unavailable (status {answer.status})")
+        if answer.body is not self._rules[0]:
+            self._rules = (answer.body, market_rules(answer.body))
+        rules = self._rules[1].get(market)
+        if rules is None:
+            raise NotFound(f"unknown market {market}", code="unknown_market")
+        return rules
+
+    def _user(self, principal: Principal) -> User:
+        user = self._directory.get(principal.user_id)
+        if user is None:
+            raise NotFound(f"no user {principal.user_id}", code="unknown_user")
+        return user
+
+    @staticmethod
+    def _step(submission: _Submission, kind: Kind) -> Step:
+        return Step(kind, submission.action, submission.market, submission.params,
+                    submission.idempotency_key, account=submission.account)
+
+
+def _known(context: CallContext) -> Principal:
+    if context.principal is None:
+        raise RuntimeError("an order call reached the desk without an authenticated caller")
+    return context.principal
+
+
+def _claim_error(claim: Claim, key: str) -> GatewayError:
+    if claim.state is ClaimState.CONFLICT:
+        return IdempotencyKeyReused(
+            f"Idempotency-Key {key!r} was used with a different request")
+    if claim.state is ClaimState.UNKNOWN:
+        ref = claim.audit_ref or ""
+        return IdempotencyOutcomeUnknown(
+            f"the request first sent with Idempotency-Key {key!r} reached the exchange but its "
+            f"outcome is unknown; check the audit record {ref} and the order lists before "
+            "retrying with a new key", ref)
+    return IdempotencyInProgress(
+        f"a request with Idempotency-Key {key!r} is still in progress; retry later")
+
+
+def _outcome_of(status: int) -> Outcome:
+    if status < 400:
+        return Outcome.ACCEPTED
+    if status < 500:
+        return Outcome.REJECTED
+    return Outcome.UPSTREAM_ERROR if status in NOT_ACTED_ON else Outcome.UNKNOWN
+
+
+def _order_id(answer: UpstreamResponse) -> int | None:
+    try:
+        order_id = json.loads(answer.body).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return order_id if isinstance(order_id, int) and not isinstance(order_id, bool) else None

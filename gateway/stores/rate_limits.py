@@ -1,0 +1,312 @@
+"""Order-rate limits: sliding-window logs, decided all-or-nothing over several checks at once.
+
+Owns the ``RateLimitStore`` protocol, its values (``Limit``, ``LimitCheck``, ``Decision``) and two
+implementations: ``MemoryRateLimitStore`` (the single-process embedded default) and
+``RedisRateLimitStore`` (shared by every replica), plus the rendering of a decision as a 429
+(``to_error``) or as ``RateLimit-*`` headers (``headers``).
+
+A sliding-window log, not a token bucket: "at most ``count`` in any ``window`` seconds" holds
+exactly however the requests spread over the window (a bucket refilling within the window would
+admit more). A request is admitted only if every check has room, and is then counted in every
+check; a refused request is counted nowhere, so retrying while refused costs no quota.
+
+This module does not choose the limits or name the keys (the order desk does), and does not own
+the Redis client: whoever built it closes it.
+
+Redis layout (one Lua script per decision, so replicas never race between a read and a write):
+
+- ``{prefix}ratelimit:{key}``  zset: one member per admitted request (unique per request), score
+                               the Redis server's ``TIME`` in microseconds; entries older than the
+                               window are removed by the script; ``PEXPIRE``d to the window on
+                               every admission, so an idle key disappears by itself.
+
+The server's clock makes replicas with skewed clocks agree. ``TIME`` before writes needs effects
+replication (the default since Redis 5). The keys of one decision must live on one node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio
+from redis.exceptions import RedisError
+
+from gateway.errors import RateLimited, StoreUnavailable
+
+Clock = Callable[[], float]
+"""Seconds on any steady scale: the memory store only measures how long entries have lived."""
+
+_MICROS = 1_000_000
+_MEMBER_BYTES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    count: int  # at most ``count`` admitted ...
+    window: float  # ... in any ``window`` seconds (sliding)
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"a limit admits at least one request, not {self.count!r}")
+        if not 0 < self.window < math.inf:
+            raise ValueError(f"a window is a positive finite number of seconds: {self.window!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitCheck:
+    key: str  # e.g. "user:alice:place"; the store adds its own prefix
+    limit: Limit
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one ``acquire``, described by the check that decided it.
+
+    That check is, when refused, the first full one; when admitted, the one with the fewest
+    slots left (the first of those on a tie).
+    """
+
+    allowed: bool
+    key: str
+    limit: int  # that check's count
+    remaining: int  # slots left in that check's window after this decision
+    reset_after: float  # seconds until that check's next entry expires (a slot frees up)
+    retry_after: float  # 0 when allowed; else seconds until this request would be admitted
+    window: float = 0.0  # that check's window (seconds); every store sets it
+
+
+class RateLimitStore(Protocol):
+    async def acquire(self, checks: Sequence[LimitCheck]) -> Decision:
+        """All or nothing: admitted only if every check has room, and then counted in every
+        check; when any is full, nothing is counted.
+
+        Raises ``ValueError`` for no checks or a key named twice;
+        ``StoreUnavailable(code="rate_limit_unavailable")``.
+        """
+
+    async def close(self) -> None:
+        """Release what the store holds itself (never the Redis client it was given)."""
+
+
+# --- the decision, shared by both stores --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    used: int  # entries in the window after the decision
+    frees_in: float  # seconds until the entry whose expiry frees a slot expires
+
+
+def _decide(checks: Sequence[LimitCheck], usage: Sequence[_Usage], allowed: bool) -> Decision:
+    pairs = list(zip(checks, usage, strict=True))
+    if allowed:
+        check, use = min(pairs, key=lambda pair: pair[0].limit.count - pair[1].used)
+        return _decision(check, use, allowed=True, retry_after=0.0)
+    full = [(check, use) for check, use in pairs if use.used >= check.limit.count]
+    retry_after = max(use.frees_in for _, use in full)
+    return _decision(*full[0], allowed=False, retry_after=retry_after)
+
+
+def _decision(check: LimitCheck, use: _Usage, *, allowed: bool, retry_after: float) -> Decision:
+    return Decision(
+        allowed=allowed, key=check.key, limit=check.limit.count,
+        remaining=max(0, check.limit.count - use.used), reset_after=max(0.0, use.frees_in),
+        retry_after=max(0.0, retry_after), window=check.limit.window)
+
+
+def _validate(checks: Sequence[LimitCheck]) -> None:
+    if not checks:
+        raise ValueError("a rate-limit decision needs at least one check")
+    if len({check.key for check in checks}) != len(checks):
+        raise ValueError("a key may appear only once among the checks of one decision")
+
+
+def _freeing_index(used: int, count: int) -> int:
+    """Which entry (oldest first) must expire for the window to hold fewer than ``count``.
+
+    The oldest one unless the window is over-full (the limit was lowered since): then more must go.
+    """
+    return max(0, used - count)
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def to_error(decision: Decision, what: str) -> RateLimited:
+    """The 429 for a refused ``decision``; ``what`` names the limit for a human, e.g.
+    ``"place-order limit of user alice"``."""
+    if decision.allowed:
+        raise ValueError("an admitted decision is not an error")
+    per = f" per {decision.window:g} s" if decision.window > 0 else ""
+    return RateLimited(f"{what}: {decision.limit}{per}", limit=decision.limit,
+                       retry_after=decision.retry_after, reset_after=decision.reset_after)
+
+
+def headers(decision: Decision) -> dict[str, str]:
+    """``RateLimit-*`` headers (draft-ietf-httpapi-ratelimit-headers) for an admitted response."""
+    reset = math.ceil(decision.reset_after)
+    if decision.remaining == 0:
+        reset = max(1, reset)  # "0 s until reset" while nothing is left would invite a retry now
+    return {"RateLimit-Limit": str(decision.limit),
+            "RateLimit-Remaining": str(decision.remaining),
+            "RateLimit-Reset": str(reset)}
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+class _Log:
+    __slots__ = ("times", "window")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.times: deque[float] = deque()  # admission times, oldest first
+
+    def purge(self, now: float) -> None:
+        while self.times and self.times[0] <= now - self.window:
+            self.times.popleft()
+
+
+class MemoryRateLimitStore:
+    """The single-process store: one deque of admission times per key.
+
+    Memory stays bounded without a task: a key whose log is empty is forgotten, and every so
+    many decisions (as many as there are keys) a sweep purges the keys nobody asked about since.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._logs: dict[str, _Log] = {}
+        self._since_sweep = 0
+
+    async def acquire(self, checks: Sequence[LimitCheck]) -> Decision:
+        _validate(checks)
+        now = self._clock()
+        logs = [(check, self._log(check, now)) for check in checks]
+        allowed = all(len(log.times) < check.limit.count for check, log in logs)
+        if allowed:
+            for _, log in logs:
+                log.times.append(now)
+        usage = [_memory_usage(log, check.limit.count, now) for check, log in logs]
+        for check, log in logs:
+            if not log.times:
+                del self._logs[check.key]
+        self._maybe_sweep(now)
+        return _decide(checks, usage, allowed)
+
+    async def close(self) -> None:
+        return None
+
+    @property
+    def tracked_keys(self) -> int:
+        """Keys with entries held, expired ones not yet swept included (a gauge)."""
+        return len(self._logs)
+
+    def _log(self, check: LimitCheck, now: float) -> _Log:
+        log = self._logs.get(check.key)
+        if log is None:
+            log = self._logs[check.key] = _Log(check.limit.window)
+        log.window = check.limit.window  # a changed limit applies from now on
+        log.purge(now)
+        return log
+
+    def _maybe_sweep(self, now: float) -> None:
+        self._since_sweep += 1
+        if self._since_sweep < len(self._logs) + 64:  # amortized O(1) per decision
+            return
+        self._since_sweep = 0
+        for key, log in list(self._logs.items()):
+            log.purge(now)
+            if not log.times:
+                del self._logs[key]
+
+
+def _memory_usage(log: _Log, count: int, now: float) -> _Usage:
+    used = len(log.times)
+    if not used:
+        return _Usage(0, 0.0)
+    return _Usage(used, log.times[_freeing_index(used, count)] + log.window - now)
+
+
+# --- Redis --------------------------------------------------------------------------------------
+
+# KEYS[i]: check i's zset. ARGV[1]: a member unique to this request; ARGV[2i], ARGV[2i+1]: check
+# i's count and window (microseconds). Returns {admitted, then per check: used, frees_at}, times
+# in server microseconds (integers: a Lua number in a reply is truncated).
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local used, full = {}, false
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - tonumber(ARGV[2 * i + 1]))
+  used[i] = redis.call('ZCARD', key)
+  if used[i] >= tonumber(ARGV[2 * i]) then full = true end
+end
+local reply = {full and 0 or 1, now}
+for i, key in ipairs(KEYS) do
+  local count, window = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  if not full then
+    redis.call('ZADD', key, now, ARGV[1])
+    redis.call('PEXPIRE', key, math.ceil(window / 1000))
+    used[i] = used[i] + 1
+  end
+  local at = math.max(0, used[i] - count)
+  local entry = redis.call('ZRANGE', key, at, at, 'WITHSCORES')
+  reply[#reply + 1] = used[i]
+  reply[#reply + 1] = entry[2] and (tonumber(entry[2]) + window) or now
+end
+return reply
+"""
+
+
+class RedisRateLimitStore:
+    """Limits shared through Redis by every replica (layout: the module docstring)."""
+
+    def __init__(self, client: redis.asyncio.Redis, prefix: str) -> None:
+        self._prefix = f"{prefix}ratelimit:"
+        self._acquire = client.register_script(_ACQUIRE)
+
+    async def acquire(self, checks: Sequence[LimitCheck]) -> Decision:
+        _validate(checks)
+        keys = [self._prefix + check.key for check in checks]
+        args: list[str | int] = [secrets.token_hex(_MEMBER_BYTES)]
+        for check in checks:
+            args += [check.limit.count, _micros(check.limit.window)]
+        with _unavailable():
+            reply = await self._acquire(keys=keys, args=args)
+        allowed, usage = _parse_reply(reply, len(checks))
+        return _decide(checks, usage, allowed)
+
+    async def close(self) -> None:
+        return None  # the client belongs to whoever built it
+
+
+def _micros(seconds: float) -> int:
+    return max(1, round(seconds * _MICROS))
+
+
+def _parse_reply(reply: object, checks: int) -> tuple[bool, list[_Usage]]:
+    if (not isinstance(reply, list) or len(reply) != 2 + 2 * checks
+            or not all(isinstance(item, int) for item in reply)):
+        raise StoreUnavailable("the rate-limit store (Redis) answered with an unexpected reply",
+                               code="rate_limit_unavailable")
+    allowed, now, *rest = reply
+    usage = [_Usage(used, (frees_at - now) / _MICROS)
+             for used, frees_at in zip(rest[::2], rest[1::2], strict=True)]
+    return bool(allowed), usage
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable("the rate-limit store (Redis) is unavailable",
+                               code="rate_limit_unavailable") from exc
