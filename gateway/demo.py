@@ -95,8 +95,12 @@ def banner(
         "",
         "Try, through the gateway:",
         f"  curl -s {auth} {gateway}/v1/markets/BCCBTC/ticker",
-        f"  curl -s {auth} -d side=2 -d amount=1 -d price=0.13 {gateway}/v1/markets/BCCBTC/orders",
+        f"  curl -s {auth} -H 'Idempotency-Key: demo-1' -d side=2 -d amount=1 -d price=0.13 "
+        f"{gateway}/v1/markets/BCCBTC/orders",
+        f"  curl -s {auth} {gateway}/v1/markets/BCCBTC/orders/_pending   (this user's own orders)",
         f"  curl -s {auth} {gateway}/v1/balance/summary",
+        "The audit trail of those calls (a hash chain; the demo keeps it in var/demo-audit.jsonl):",
+        "  .venv/bin/expie-gateway audit verify --config config/demo.yaml",
         "A new token with the client-credentials grant:",
         f"  curl -s -u {DEMO_USER}:{DEMO_SECRET} -d grant_type=client_credentials "
         f"-d scope=market:read {gateway}/auth/token",

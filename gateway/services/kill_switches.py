@@ -53,6 +53,11 @@ class KillSwitches:
     def engaged(self) -> list[KillSwitch]:
         return self._store.engaged()
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the switches' shared state is in step (placing is refused while it is not)."""
+        return self._store.healthy
+
     def check_target(self, scope: SwitchScope, target: str) -> None:
         """``NotFound`` unless ``target`` names an account or user the gateway knows."""
         if scope is SwitchScope.ACCOUNT and target not in self._tokens:

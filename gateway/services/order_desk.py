@@ -53,6 +53,8 @@ from gateway.upstream.rest import UpstreamClient, UpstreamResponse
 
 logger = logging.getLogger(__name__)
 NOT_ACTED_ON = frozenset({502, 503})
+_MAX_FIELD = 64
+_MAX_FIELDS = 8
 _FIRST_POLL = 0.01
 _MAX_POLL = 0.2
 
@@ -103,11 +105,14 @@ class OrderDesk:
         idempotency_key: str | None,
     ) -> DeskAnswer:
         principal = _known(context)
+        fields: dict[str, str] = {}
         try:
             rules = await self._market_rules(market, principal.account)
-            order = validate_order(market, parse_order_fields(body, content_type), rules)
+            fields = parse_order_fields(body, content_type)
+            order = validate_order(market, fields, rules)
         except GatewayError as exc:
-            await self.refused(context, "place", market, {}, exc, idempotency_key)
+            await self.refused(context, "place", market, _as_submitted(fields), exc,
+                               idempotency_key)
             raise
         user = self._user(principal)
         return await self._submit(context, _Submission(
@@ -314,6 +319,12 @@ def _known(context: CallContext) -> Principal:
     if context.principal is None:
         raise RuntimeError("an order call reached the desk without an authenticated caller")
     return context.principal
+
+
+def _as_submitted(fields: Mapping[str, str]) -> dict[str, str]:
+    """A refused order's fields as they came (bounded), for the audit record."""
+    return {name[:_MAX_FIELD]: value[:_MAX_FIELD]
+            for name, value in list(fields.items())[:_MAX_FIELDS]}
 
 
 def _claim_error(claim: Claim, key: str) -> GatewayError:

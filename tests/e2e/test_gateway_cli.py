@@ -32,7 +32,7 @@ EXAMPLE_USERS = {
     "pricing-bot": "market:read",
     "desk-admin": "admin balance:read market:read orders:read orders:write",
     "beta-trader": "balance:read market:read orders:read orders:write",
-    "reporting-job": "balance:read orders:read",
+    "reporting-job": "balance:read orders:desk orders:read",
 }
 
 

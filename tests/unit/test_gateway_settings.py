@@ -6,6 +6,7 @@ import dataclasses
 import re
 import types
 import typing
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from gateway.core.mapping_reader import ConfigError
+from gateway.order_settings import RatePolicy, RiskPolicy, UserLimits
 from gateway.settings import SecretRef, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,10 +204,20 @@ KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
         ("redis: {url: 'http://redis:6379'}\n", "redis.url"),
         ("accounts:\n  - {name: desk-alpha}\n", "accounts[0].token_env"),
         ("logging: {level: chatty}\n", "logging.level"),
+        ("orders: {limits: {place: {count: 0}}}\n", "orders.limits.place.count"),
+        ("orders: {limits: {bulk: {count: 1}}}\n", "orders.limits.bulk"),
+        ("orders: {risk: {default: {max_notional: '-1'}}}\n", "orders.risk.default.max_notional"),
+        ("orders: {risk: {markets: {BCCBTC: {max_amount: '1'}}}}\n",
+         "orders.risk.markets.BCCBTC.max_amount"),
+        ("orders: {kill_switch: {sync_interval: 2}}\n", "orders.kill_switch.sync_interval"),
+        ("audit: {backend: s3}\n", "audit.backend"),
+        ("audit: {backend: redis}\n", "audit.backend"),
     ],
     ids=["negative-port", "port-not-a-number", "url-without-scheme", "algorithm",
          "signing-key-missing", "env-and-file", "no-key-material", "ttl-over-max", "redis-url",
-         "account-without-token", "log-level"],
+         "account-without-token", "log-level", "limit-count-zero", "unknown-limit",
+         "negative-notional", "unknown-risk-key", "slow-kill-switch-sync", "audit-backend",
+         "audit-in-redis-without-redis"],
 )
 def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -216,3 +228,17 @@ def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
 def test_a_file_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mapping"):
         load_text(tmp_path, "- server\n")
+
+
+def test_order_limits_and_risk_read_from_the_file(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, (
+        "orders:\n  limits: {place: {count: 3, window: 2}}\n"
+        "  risk:\n    default: {max_notional: '5'}\n"
+        "    markets: {BCCBTC: {price_band_percent: '2'}}\n"))
+    orders = settings.orders
+    assert orders.limits.place == RatePolicy(3, 2.0)
+    assert orders.limits.cancel == UserLimits().cancel
+    # A market's policy starts from the default one and replaces only what it names.
+    assert orders.risk.for_market("BCCBTC") == RiskPolicy(
+        max_notional=Decimal(5), price_band_percent=Decimal(2))
+    assert orders.risk.for_market("ETHBTC") == RiskPolicy(max_notional=Decimal(5))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from gateway.auth.passwords import hash_secret
 from gateway.auth.users import load_users
 from gateway.core.mapping_reader import ConfigError
 from gateway.core.principal import Scope
+from gateway.order_settings import OrderSettings, RatePolicy, RiskPolicy, RiskRules, UserLimits
 
 ACCOUNTS = ("desk-alpha", "desk-beta")
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "users.example.yaml"
@@ -68,3 +70,22 @@ def test_each_mistake_is_named_by_its_key(
 def test_two_users_with_one_id_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="duplicate user id"):
         load_users(write(tmp_path, user(), user()), ACCOUNTS)
+
+
+def test_a_users_own_limits_and_risk_override_the_defaults(tmp_path: Path) -> None:
+    defaults = OrderSettings(
+        limits=UserLimits(place=RatePolicy(10, 1.0)),
+        risk=RiskRules(default=RiskPolicy(max_order_amount=Decimal(100))))
+    path = write(tmp_path, user(
+        id="careful", limits={"place": {"count": 2, "window": 5}},
+        risk={"markets": {"BCCBTC": {"max_notional": "1"}}}), user(id="plain"))
+    directory = load_users(path, ACCOUNTS, defaults)
+    careful, plain = directory.get("careful"), directory.get("plain")
+    assert careful is not None
+    assert plain is not None
+    assert careful.limits.place == RatePolicy(2, 5.0)
+    assert careful.limits.cancel == defaults.limits.cancel
+    assert careful.risk.for_market("BCCBTC") == RiskPolicy(Decimal(100), Decimal(1))
+    assert careful.risk.for_market("ETHBTC") == RiskPolicy(Decimal(100))
+    assert plain.limits == defaults.limits
+    assert plain.risk == defaults.risk
