@@ -163,7 +163,9 @@ def _setup_order_desk(
     desk = app[ORDER_DESK] = OrderDesk(
         orders, upstream=app[UPSTREAM], tokens=tokens, directory=directory,
         market_data=app[MARKET_DATA], checks=checks, audit=audit,
-        idempotency=stores.idempotency, ownership=stores.ownership, clock=clock)
+        idempotency=stores.idempotency, ownership=stores.ownership, clock=clock,
+        events=app[TELEMETRY].orders)
+    app[TELEMETRY].orders.watch_spool(lambda: audit.spooled)
     app[KILL_SWITCHES] = KillSwitches(
         stores.kill_switch, desk=desk, views=views, market_data=app[MARKET_DATA], tokens=tokens,
         directory=directory, audit=audit, clock=clock)

@@ -6,13 +6,14 @@ exporter package is needed); ``render_prometheus`` turns one collection into the
 format (version 0.0.4) for the instruments defined below.
 
 Metrics must stay off the hot path: counters move on retries and failures only, never per
-successful request, and the circuit-state gauge is observed at scrape time.
+successful read, and gauges are observed at scrape time. Order calls (far rarer than reads, and
+each already costing Redis round trips) are counted by outcome.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -24,6 +25,9 @@ from gateway.upstream.breaker import CircuitBreaker, CircuitState
 CIRCUIT_STATE = "expie_gateway.upstream.circuit_state"
 RETRIES = "expie_gateway.upstream.retries"
 FAILURES = "expie_gateway.upstream.failures"
+ORDER_CALLS = "expie_gateway.orders.calls"
+ORDER_REFUSALS = "expie_gateway.orders.refusals"
+AUDIT_SPOOLED = "expie_gateway.audit.spooled"
 METER_NAME = "expie_gateway"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
@@ -49,6 +53,13 @@ INSTRUMENTS = (
                "State of the upstream circuit breaker: 0 closed, 1 half-open, 2 open."),
     Instrument(RETRIES, "counter", "Upstream GET attempts repeated after a failure, by cause."),
     Instrument(FAILURES, "counter", "Failed upstream attempts (counted by the breaker), by cause."),
+    Instrument(ORDER_CALLS, "counter",
+               "Order calls sent to the exchange, by action and outcome (accepted, rejected, "
+               "upstream_error, unknown)."),
+    Instrument(ORDER_REFUSALS, "counter",
+               "Order calls the gateway refused before the exchange, by action and reason."),
+    Instrument(AUDIT_SPOOLED, "gauge",
+               "Audit records waiting in memory for the audit store to come back."),
 )
 
 
@@ -86,13 +97,40 @@ class UpstreamMetrics:
                 for attributes, breaker in self._breakers]
 
 
+class OrderMetrics:
+    """The order desk's ``DeskEvents``, and the audit spool gauge."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._calls = meter.create_counter(ORDER_CALLS, unit="1",
+                                           description=INSTRUMENTS[3].description)
+        self._refusals = meter.create_counter(ORDER_REFUSALS, unit="1",
+                                              description=INSTRUMENTS[4].description)
+        self._spooled: list[Callable[[], int]] = []
+        meter.create_observable_gauge(AUDIT_SPOOLED, callbacks=[self._observe],
+                                      description=INSTRUMENTS[5].description)
+
+    def sent(self, action: str, outcome: str) -> None:
+        self._calls.add(1, {"action": action, "outcome": outcome})
+
+    def refused(self, action: str, reason: str) -> None:
+        self._refusals.add(1, {"action": action, "reason": reason})
+
+    def watch_spool(self, spooled: Callable[[], int]) -> None:
+        self._spooled.append(spooled)
+
+    def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(sum(count() for count in self._spooled))]
+
+
 class Telemetry:
     """One app's meters; ``shutdown`` when the app stops."""
 
     def __init__(self) -> None:
         self._reader = InMemoryMetricReader()
         self._provider = MeterProvider(metric_readers=[self._reader], shutdown_on_exit=False)
-        self.upstream = UpstreamMetrics(self._provider.get_meter(METER_NAME))
+        meter = self._provider.get_meter(METER_NAME)
+        self.upstream = UpstreamMetrics(meter)
+        self.orders = OrderMetrics(meter)
 
     def render_prometheus(self) -> str:
         points = _points_by_name(self._reader.get_metrics_data())

@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from gateway.auth.secret import Secret
 from gateway.auth.users import User, UserDirectory
@@ -59,6 +60,14 @@ _FIRST_POLL = 0.01
 _MAX_POLL = 0.2
 
 
+class DeskEvents(Protocol):
+    """Where the desk reports what metrics count."""
+
+    def sent(self, action: str, outcome: str) -> None: ...
+
+    def refused(self, action: str, reason: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DeskAnswer:
     status: int
@@ -86,7 +95,7 @@ class OrderDesk:
         self, settings: OrderSettings, *, upstream: UpstreamClient,
         tokens: Mapping[str, Secret], directory: UserDirectory, market_data: MarketData,
         checks: PreTradeChecks, audit: AuditTrail, idempotency: IdempotencyStore,
-        ownership: OwnershipStore, clock: Callable[[], float],
+        ownership: OwnershipStore, clock: Callable[[], float], events: DeskEvents,
     ) -> None:
         self._settings = settings
         self._upstream = upstream
@@ -98,6 +107,7 @@ class OrderDesk:
         self._idempotency = idempotency
         self._ownership = ownership
         self._clock = clock
+        self._events = events
         self._rules: tuple[bytes, dict[str, MarketRules]] = (b"", {})
 
     async def place(
@@ -160,6 +170,7 @@ class OrderDesk:
         self, context: CallContext, action: str, market: str | None, params: Mapping[str, str],
         error: GatewayError, idempotency_key: str | None = None,
     ) -> None:
+        self._events.refused(action, error.code)
         await self._audit.record(audit_event(context, Step(
             Kind.REFUSAL, action, market, params, idempotency_key, Outcome.REJECTED,
             reason=error.code, upstream_status=None), self._clock))
@@ -250,6 +261,7 @@ class OrderDesk:
         step = replace(self._step(submission, Kind.OUTCOME), outcome=outcome, reason=reason,
                        upstream_status=answer.status if answer else None,
                        order_id=order_id, intent_id=intent.event.id)
+        self._events.sent(submission.action, outcome.value)
         await self._audit.record(audit_event(context, step, self._clock))
         key = submission.idempotency_key
         if key is not None:
