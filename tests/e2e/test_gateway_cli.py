@@ -75,6 +75,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
             {"kid": "k1", "algorithm": "EdDSA", "private_key_file": str(key)}]},
         "users": {"file": str(USERS_FILE)},
         "accounts": accounts,
+        # Without it the audit file is var/audit.jsonl under the repository (serve's cwd).
+        "audit": {"file": str(directory / "audit.jsonl")},
     }), encoding="utf-8")
     return Deployment(directory, config, key)
 
@@ -282,18 +284,22 @@ def test_keys_generate_refuses_a_bad_kid(tmp_path: Path) -> None:
 # --- serve ---------------------------------------------------------------------------------------
 
 
-def test_serve_answers_healthz_and_stops_on_sigterm(deployment: Deployment) -> None:
+def test_serve_answers_healthz_and_stops_on_sigterm(
+    deployment: Deployment, tmp_path: Path
+) -> None:
     port = free_port()
-    with serving(deployment.config, port) as process:
+    config = deployment.write(audit={"file": str(tmp_path / "audit.jsonl")})
+    with serving(config, port) as process:
         assert health(port) == {"status": "ok"}
         os.kill(process.pid, signal.SIGTERM)
         assert process.wait(timeout=RUN_TIMEOUT) == 0
         assert health(port, attempts=1) is None
 
 
-def test_serve_refuses_a_bad_configuration(deployment: Deployment) -> None:
+def test_serve_refuses_a_bad_configuration(deployment: Deployment, tmp_path: Path) -> None:
     port = free_port()
-    config = deployment.write(upstream={"base_url": "127.0.0.1:8081"})
+    config = deployment.write(upstream={"base_url": "127.0.0.1:8081"},
+                              audit={"file": str(tmp_path / "audit.jsonl")})
     with serving(config, port) as process:
         _, errors = process.communicate(timeout=RUN_TIMEOUT)
         assert process.returncode == 2
