@@ -88,6 +88,7 @@ class Overrides:
     clock: Callable[[], float] | None = None
     revocations: RevocationStore | None = None
     market_cache: MarketCacheStore | None = None
+    audit_log: AuditLog | None = None
 
 
 class _SharedHttp:
@@ -222,13 +223,13 @@ def _stores(settings: Settings, given: Overrides, clock: Callable[[], float]) ->
         return _Stores(revocations, market_cache, MemoryRateLimitStore(),
                        MemoryIdempotencyStore(clock), MemoryOwnershipStore(),
                        MemoryKillSwitchStore(orders.kill_switch.state_file),
-                       open_audit_log(settings, None), None)
+                       given.audit_log or open_audit_log(settings, None), None)
     return _Stores(
         revocations, market_cache, RedisRateLimitStore(client, prefix),
         RedisIdempotencyStore(client, prefix),
         RedisOwnershipStore(client, prefix, orders.ownership_ttl),
         RedisKillSwitchStore(client, prefix, orders.kill_switch.sync_interval),
-        open_audit_log(settings, client), client)
+        given.audit_log or open_audit_log(settings, client), client)
 
 
 def _stores_lifetime(stores: _Stores) -> Callable[[web.Application], AsyncIterator[None]]:

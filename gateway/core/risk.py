@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from gateway.core.decimals import Style, render
 from gateway.core.orders import OrderRequest, Side
 from gateway.errors import RiskLimitExceeded
 from gateway.order_settings import RiskPolicy
@@ -60,7 +61,8 @@ def _check_notional(order: OrderRequest, policy: RiskPolicy, reference: Decimal 
             "checked against this user's maximum notional")
     if value > limit:
         raise RiskLimitExceeded(
-            f"notional {value} exceeds this user's maximum notional {limit} on {order.market}")
+            f"notional {_plain(value)} exceeds this user's maximum notional {limit} on "
+            f"{order.market}")
 
 
 def _check_band(order: OrderRequest, policy: RiskPolicy, reference: Decimal | None) -> None:
@@ -75,3 +77,7 @@ def _check_band(order: OrderRequest, policy: RiskPolicy, reference: Decimal | No
         raise RiskLimitExceeded(
             f"price {order.price} is {distance.quantize(Decimal('0.01'))}% away from the last "
             f"price {reference}; this user's band on {order.market} is {band}%")
+
+
+def _plain(value: Decimal) -> str:
+    return render(value, Style.HISTORY)

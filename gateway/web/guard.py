@@ -53,13 +53,23 @@ def public(handler: Handler) -> Handler:
 
 async def authorize(request: web.Request, scope: Scope) -> Principal:
     """The caller, when its token verifies and holds ``scope`` (and the route's market, if any)."""
-    principal = await request.app[AUTHENTICATOR].authenticate(request.headers.get("Authorization"))
+    principal = await authenticate(request)
+    check_access(request, principal, scope)
+    return principal
+
+
+async def authenticate(request: web.Request) -> Principal:
+    """The caller whose bearer token verifies; ``Unauthenticated`` otherwise."""
+    return await request.app[AUTHENTICATOR].authenticate(request.headers.get("Authorization"))
+
+
+def check_access(request: web.Request, principal: Principal, scope: Scope) -> None:
+    """``Forbidden`` unless ``principal`` holds ``scope`` and may use the route's market."""
     if scope not in principal.scopes:
         raise InsufficientScope(scope.value)
     market = request.match_info.get("market")
     if market is not None and not principal.may_trade(market):
         raise Forbidden(f"market {market} is not allowed for this user", code="market_not_allowed")
-    return principal
 
 
 def protected(scope: Scope, handler: Handler) -> Handler:

@@ -20,7 +20,7 @@ from gateway.services.call_context import CallContext
 from gateway.services.order_desk import DeskAnswer
 from gateway.services.order_views import Page
 from gateway.web.errors import error_response
-from gateway.web.guard import Handler, authorize, request_id
+from gateway.web.guard import Handler, authenticate, check_access, request_id
 from gateway.web.proxy import forward_to
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -33,7 +33,9 @@ def order_call(action: str, handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         rid = request[REQUEST_ID] = request_id(request)
         try:
-            request[PRINCIPAL] = await authorize(request, Scope.ORDERS_WRITE)
+            # Known before its access is checked, so a refusal names who was refused.
+            request[PRINCIPAL] = principal = await authenticate(request)
+            check_access(request, principal, Scope.ORDERS_WRITE)
         except GatewayError as exc:
             await _refused(request, action, exc)
             return error_response(exc, rid)

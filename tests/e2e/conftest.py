@@ -12,11 +12,9 @@ import time
 import pytest
 
 from tests.clock import FakeClock
-from tests.component.conftest import key_prefix, redis_client, redis_url
+from tests.component.conftest import key_prefix, redis_client, redis_relay, redis_url
 
-__all__ = ["clock", "key_prefix", "redis_client", "redis_url"]
-
-
+__all__ = ["clock", "key_prefix", "redis_client", "redis_relay", "redis_url"]
 
 
 @pytest.fixture
