@@ -2,8 +2,9 @@
 
 Servers run as subprocesses on 127.0.0.1 only and are stopped by their PID. Load comes from
 ``wrk``; its text output is parsed here and nowhere else. Results go to ``bench/results/``.
-The deployment under test (simulator, gateway config and CLI, the bare baseline) and ``py-spy``
-sampling are shared here too. Nothing here imports the gateway or the simulator: they are driven
+The deployment under test (simulator, gateway config and CLI, the bare baseline, a Redis key
+prefix to check and clean up), alternating rounds, percentiles and ``py-spy`` sampling are shared
+here too. Nothing here imports the gateway or the simulator: they are driven
 through their command lines and their YAML files.
 """
 
@@ -14,6 +15,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -30,8 +32,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import redis
 import yaml
 
 HOST = "127.0.0.1"
@@ -42,6 +45,7 @@ SIM_CONFIG = REPO / "config" / "simulator.yaml"
 USERS_FILE = REPO / "config" / "users.example.yaml"
 CLI_TIMEOUT = 60.0
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+T = TypeVar("T")
 
 
 class BenchError(RuntimeError):
@@ -230,6 +234,41 @@ def http_json(
         raise BenchError(f"{url}: {exc}") from exc
 
 
+# --- Redis -----------------------------------------------------------------------------------
+
+
+def redis_answers(url: str) -> str | None:
+    """None when Redis answers PING at ``url``, else why not."""
+    if not url:
+        return "the Redis URL is empty"
+    try:
+        with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+            client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return f"Redis does not answer at {url}: {exc}"
+    return None
+
+
+def delete_prefixed(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` (SCAN, then DEL): what one run left behind."""
+    with redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2) as client:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+
+
+def redis_server_pid(url: str) -> int | None:
+    """The PID of the Redis server at ``url`` when it runs on this machine and its ``/proc``
+    entry is readable (for ``cpu_seconds``); None otherwise."""
+    try:
+        with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+            pid = int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return None
+    local = HOST in url or "localhost" in url
+    return pid if local and os.access(f"/proc/{pid}/stat", os.R_OK) else None
+
+
 # --- wrk -------------------------------------------------------------------------------------
 
 
@@ -344,6 +383,28 @@ def alternate(
             results[name].append(once(name, duration))
             print(f"round {number + 1} {name}: {results[name][-1]}", file=sys.stderr)
     return results
+
+
+def alternate_runs(
+    names: Sequence[str], rounds: int, run: Callable[[str], T]
+) -> dict[str, list[T]]:
+    """``run(name)`` for every name, ``rounds`` times, the order reversed every other round so
+    that none always runs first (``alternate`` without wrk); the results by name, in round order."""
+    results: dict[str, list[T]] = {name: [] for name in names}
+    order = list(names)
+    for number in range(rounds):
+        for name in order if number % 2 == 0 else order[::-1]:
+            results[name].append(run(name))
+    return results
+
+
+def percentile(values: Sequence[float], percent: float) -> float:
+    """The nearest-rank ``percent`` percentile of ``values`` (not empty)."""
+    if not values:
+        raise BenchError("a percentile of no values")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(percent / 100 * len(ordered))))
+    return ordered[rank - 1]
 
 
 def parse_wrk(text: str) -> WrkResult:

@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from bench.common import (
     HOST,
     REPO,
@@ -54,6 +52,7 @@ from bench.common import (
     bar_chart,
     bare_command,
     clean_environment,
+    delete_prefixed,
     ensure_wrk,
     env_number,
     free_port,
@@ -66,6 +65,7 @@ from bench.common import (
     parsed_load,
     py_spy,
     record_profile,
+    redis_answers,
     run_benchmark,
     run_wrk,
     running,
@@ -144,25 +144,6 @@ class Deployment:
     targets: dict[str, Target]  # gateway, gateway_redis (when Redis answers), bare, direct
     bodies: dict[str, object]
     redis_note: str | None
-
-
-def redis_answers(url: str) -> str | None:
-    """None when Redis answers PING at ``url``, else why not."""
-    if not url:
-        return "--redis-url is empty"
-    try:
-        with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
-            client.ping()
-    except (redis.RedisError, OSError) as exc:
-        return f"Redis does not answer at {url}: {exc}"
-    return None
-
-
-def delete_prefixed(url: str, prefix: str) -> None:
-    with redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2) as client:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
-        if keys:
-            client.delete(*keys)
 
 
 def get(url: str, headers: Mapping[str, str]) -> tuple[bytes, dict[str, str]]:

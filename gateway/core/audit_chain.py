@@ -46,8 +46,8 @@ from gateway.core.audit_event import (
 
 __all__ = [
     "GENESIS", "START", "AuditEvent", "AuditRecord", "ChainPoint", "Kind", "MalformedRecord",
-    "Outcome", "Verification", "chain_record", "event_digest", "link", "new_event_id",
-    "record_line", "verify_chain",
+    "Outcome", "Verification", "canonical_with_digest", "chain_record", "event_digest", "link",
+    "new_event_id", "record_line", "verify_chain",
 ]
 
 GENESIS = "0" * 40
@@ -95,7 +95,13 @@ def record_line(event_json: str, seq: int, prev: str, hash_: str) -> str:
 
 
 def event_digest(event: AuditEvent) -> str:
-    return hashlib.sha256(event.canonical_json().encode()).hexdigest()
+    return canonical_with_digest(event)[1]
+
+
+def canonical_with_digest(event: AuditEvent) -> tuple[str, str]:
+    """The event's canonical JSON and its SHA-256, serialized once (what an append sends)."""
+    text = event.canonical_json()
+    return text, hashlib.sha256(text.encode()).hexdigest()
 
 
 def link(prev: str, seq: int, digest: str) -> str:

@@ -237,7 +237,6 @@ class OrderDesk:
         self, context: CallContext, submission: _Submission, intent: AuditRecord,
         headers: dict[str, str],
     ) -> DeskAnswer:
-        principal = _known(context)
         try:
             answer = await self._upstream.send(
                 "POST", submission.path, self._tokens[submission.account], submission.body,
@@ -246,27 +245,28 @@ class OrderDesk:
             outcome = Outcome.UNKNOWN if exc.request_sent else Outcome.UPSTREAM_ERROR
             await self._settle(context, submission, intent, outcome, None, exc.code)
             raise
-        outcome = _outcome_of(answer.status)
-        order_id = await self._settle(context, submission, intent, outcome, answer, None)
-        if order_id is not None and submission.action == "place":
-            await self._remember_owner(principal, order_id)
+        await self._settle(context, submission, intent, _outcome_of(answer.status), answer, None)
         return DeskAnswer(answer.status, answer.body, answer.content_type, headers)
 
     async def _settle(
         self, context: CallContext, submission: _Submission, intent: AuditRecord,
         outcome: Outcome, answer: UpstreamResponse | None, reason: str | None,
-    ) -> int | None:
-        """Writes the outcome record and settles the idempotency key; the order id, if any."""
+    ) -> None:
+        """The outcome record, the idempotency key and a new order's owner, written together
+        (none of them raises: each is spooled or logged when its store fails)."""
+        principal = _known(context)
         order_id = _order_id(answer) if outcome is Outcome.ACCEPTED and answer else None
         step = replace(self._step(submission, Kind.OUTCOME), outcome=outcome, reason=reason,
                        upstream_status=answer.status if answer else None,
                        order_id=order_id, intent_id=intent.event.id)
         self._events.sent(submission.action, outcome.value)
-        await self._audit.record(audit_event(context, step, self._clock))
+        writes = [self._audit.record(audit_event(context, step, self._clock))]
         key = submission.idempotency_key
         if key is not None:
-            await self._settle_key(_known(context).user_id, key, outcome, answer, intent)
-        return order_id
+            writes.append(self._settle_key(principal.user_id, key, outcome, answer, intent))
+        if order_id is not None and submission.action == "place":
+            writes.append(self._remember_owner(principal, order_id))
+        await asyncio.gather(*writes)
 
     async def _settle_key(
         self, user: str, key: str, outcome: Outcome, answer: UpstreamResponse | None,

@@ -37,7 +37,7 @@ from gateway.core.audit_chain import (
     AuditEvent,
     AuditRecord,
     ChainPoint,
-    event_digest,
+    canonical_with_digest,
 )
 from gateway.core.mapping_reader import ConfigError
 from gateway.errors import StoreUnavailable
@@ -154,9 +154,9 @@ class RedisAuditLog:
 
     async def append(self, event: AuditEvent) -> AuditRecord:
         keys = [self._records, self._head, self._anchor]
+        text, digest = canonical_with_digest(event)
         try:
-            reply = await self._append(
-                keys=keys, args=[event.canonical_json(), event_digest(event), GENESIS])
+            reply = await self._append(keys=keys, args=[text, digest, GENESIS])
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
         seq, hash_, prev = _triple(reply)
