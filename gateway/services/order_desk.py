@@ -134,17 +134,22 @@ class OrderDesk:
         self, context: CallContext, market: str, order_id: int, idempotency_key: str | None
     ) -> DeskAnswer:
         principal = _known(context)
-        params = {"order_id": str(order_id)}
         try:
             await self._market_data.require_market(market, self._tokens[principal.account])
-            await self.require_owner(principal, order_id)
         except GatewayError as exc:
-            await self.refused(context, "cancel", market, params, exc, idempotency_key)
+            await self.refused(context, "cancel", market, {"order_id": str(order_id)}, exc,
+                               idempotency_key)
             raise
         user = self._user(principal)
+
+        async def owned_and_admitted() -> dict[str, str]:
+            # One round trip of latency for both; a refused cancel still counts against the limit.
+            _, headers = await asyncio.gather(self.require_owner(principal, order_id),
+                                              self._checks.before_cancel(principal, user))
+            return headers
+
         return await self._submit(context, self._cancel_submission(
-            principal.account, market, order_id, idempotency_key,
-            lambda: self._checks.before_cancel(principal, user)))
+            principal.account, market, order_id, idempotency_key, owned_and_admitted))
 
     async def cancel_for_kill_switch(
         self, context: CallContext, account: str, market: str, order_id: int
@@ -186,12 +191,18 @@ class OrderDesk:
 
     async def _submit(self, context: CallContext, submission: _Submission) -> DeskAnswer:
         key = submission.idempotency_key
-        if key is not None:
-            replay = await self._claim(context, submission, key)
+        if key is None:
+            checked = await _attempt(submission.checks)
+        else:
+            # The claim and the checks run together (one round trip of latency, not two): a
+            # replay or a conflict therefore still counts against the caller's limits.
+            replay, checked = await asyncio.gather(
+                self._claim(context, submission, key), _attempt(submission.checks))
             if replay is not None:
                 return replay
         try:
-            headers = await submission.checks()
+            if isinstance(checked, GatewayError):
+                raise checked
             intent = await self._audit.write_ahead(audit_event(context, self._step(
                 submission, Kind.INTENT), self._clock))
         except GatewayError as exc:
@@ -199,7 +210,7 @@ class OrderDesk:
             await self.refused(context, submission.action, submission.market,
                                submission.params, exc, key)
             raise
-        return await self._forward(context, submission, intent, headers)
+        return await self._forward(context, submission, intent, checked)
 
     async def _claim(
         self, context: CallContext, submission: _Submission, key: str
@@ -331,6 +342,16 @@ def _known(context: CallContext) -> Principal:
     if context.principal is None:
         raise RuntimeError("an order call reached the desk without an authenticated caller")
     return context.principal
+
+
+async def _attempt(
+    checks: Callable[[], Awaitable[dict[str, str]]],
+) -> dict[str, str] | GatewayError:
+    """The checks' headers, or the refusal they raised (so it can wait for the claim)."""
+    try:
+        return await checks()
+    except GatewayError as exc:
+        return exc
 
 
 def _as_submitted(fields: Mapping[str, str]) -> dict[str, str]:
