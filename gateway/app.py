@@ -57,7 +57,8 @@ from gateway.stores.idempotency import (
     MemoryIdempotencyStore,
     RedisIdempotencyStore,
 )
-from gateway.stores.kill_switch import KillSwitchStore, MemoryKillSwitchStore, RedisKillSwitchStore
+from gateway.stores.kill_switch import KillSwitchStore, MemoryKillSwitchStore
+from gateway.stores.kill_switch_redis import RedisKillSwitchStore
 from gateway.stores.market_cache import (
     MarketCacheStore,
     MemoryMarketCacheStore,

@@ -26,9 +26,9 @@ from gateway.stores.kill_switch import (
     KillSwitch,
     KillSwitchStore,
     MemoryKillSwitchStore,
-    RedisKillSwitchStore,
     SwitchScope,
 )
+from gateway.stores.kill_switch_redis import RedisKillSwitchStore
 from gateway.stores.redis_client import connect_redis
 from tests.component.conftest import TcpRelay
 from tests.waiting import eventually
