@@ -41,6 +41,10 @@ class GatewayError(Exception):
     def headers(self) -> dict[str, str]:
         return {}
 
+    def details(self) -> dict[str, str]:
+        """Members added to the error object of the response (e.g. the offending ``field``)."""
+        return {}
+
 
 class BadRequest(GatewayError):
     code = "bad_request"

@@ -62,6 +62,9 @@ class InvalidOrder(BadRequest):
         super().__init__(message)
         self.field = field
 
+    def details(self) -> dict[str, str]:
+        return {"field": self.field}
+
 
 @dataclass(frozen=True, slots=True)
 class OrderRequest:

@@ -9,6 +9,7 @@ switch covers). Both routes need the ``admin`` scope.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -113,10 +114,13 @@ def _time(query: Mapping[str, str], name: str) -> float | None:
     if text is None:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
         raise BadRequest(f"query parameter {name!r} must be seconds since the epoch",
-                         code="bad_query") from None
+                         code="bad_query")
+    return value
 
 
 async def _json_object(request: web.Request) -> dict[str, object]:

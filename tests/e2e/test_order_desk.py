@@ -267,6 +267,20 @@ async def test_form_and_json_bodies_place_the_same_order_and_the_answer_is_the_e
                                                          Decimal("1.5"))
 
 
+@pytest.mark.parametrize(("body", "field"), [
+    ({"side": "3", "amount": "1", "price": "0.2"}, "side"),
+    ({"side": "1", "amount": "1.00001", "price": "0.2"}, "amount"),
+    ({"side": "1", "amount": "1", "price": "0.2", "tif": "ioc"}, "tif"),
+])
+async def test_an_invalid_order_names_its_field_in_the_error(
+    gw: RunningGateway, body: dict[str, str], field: str
+) -> None:
+    status, answer, _ = await gw.call("POST", ORDERS, gw.token(), data=body)
+    assert status == 400
+    assert (answer["error"]["code"], answer["error"]["field"]) == ("invalid_order", field)
+    assert field in answer["error"]["message"]
+
+
 async def test_a_key_first_used_with_a_form_replays_for_the_same_order_in_json(
     sim: RunningSimulator, gw: RunningGateway
 ) -> None:
