@@ -26,10 +26,10 @@ then stores the event twice, under its one event ``id``.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import redis.asyncio
-from redis.exceptions import RedisError
 
 from gateway.core.audit_chain import (
     GENESIS,
@@ -43,6 +43,7 @@ from gateway.core.mapping_reader import ConfigError
 from gateway.errors import StoreUnavailable
 from gateway.settings import Settings
 from gateway.stores.audit_file import FileAuditLog
+from gateway.stores.redis_client import translating_errors
 
 __all__ = ["AuditLog", "FileAuditLog", "RedisAuditLog", "open_audit_log"]
 
@@ -155,63 +156,46 @@ class RedisAuditLog:
     async def append(self, event: AuditEvent) -> AuditRecord:
         keys = [self._records, self._head, self._anchor]
         text, digest = canonical_with_digest(event)
-        try:
+        with _unavailable():
             reply = await self._append(keys=keys, args=[text, digest, GENESIS])
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
         seq, hash_, prev = _triple(reply)
         return AuditRecord(seq, prev, hash_, event)
 
     async def read(self, after_seq: int, limit: int) -> list[AuditRecord]:
-        try:
+        with _unavailable():
             lines = await self._read(keys=[self._records, self._anchor], args=[after_seq, limit])
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
         return [AuditRecord.from_json(line) for line in lines]
 
     async def head(self) -> ChainPoint:
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hmget(self._head, ["seq", "hash"])
             pipe.hmget(self._anchor, ["seq", "hash"])
-            head, anchor = await self._execute(pipe)
+            with _unavailable():
+                head, anchor = await pipe.execute()
         return _point(head) or _point(anchor) or START
 
     async def anchor(self) -> ChainPoint:
-        try:
+        with _unavailable():
             return _point(await self._client.hmget(self._anchor, ["seq", "hash"])) or START
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
 
     async def exported(self) -> int:
-        try:
+        with _unavailable():
             return int(await self._client.get(self._exported) or 0)
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
 
     async def mark_exported(self, seq: int) -> None:
-        try:
+        with _unavailable():
             await self._mark(keys=[self._exported, self._head], args=[seq])
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
 
     async def trim(self, before: float) -> int:
         total = 0
         while True:
-            try:
+            with _unavailable():
                 removed = int(await self._trim(
                     keys=[self._records, self._anchor, self._exported],
                     args=[repr(before), _TRIM_BATCH]))
-            except (RedisError, OSError) as exc:
-                raise _unavailable(exc) from exc
             total += removed
             if removed < _TRIM_BATCH:
                 return total
-
-    async def _execute(self, pipe: redis.asyncio.client.Pipeline) -> list[object]:
-        try:
-            return list(await pipe.execute())
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
 
 
 def open_audit_log(settings: Settings, client: redis.asyncio.Redis | None, *,
@@ -228,9 +212,8 @@ def open_audit_log(settings: Settings, client: redis.asyncio.Redis | None, *,
     return FileAuditLog(settings.audit.file, fsync=settings.audit.fsync, read_only=read_only)
 
 
-def _unavailable(exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"the audit log (Redis) is unavailable ({type(exc).__name__})",
-                            code=UNAVAILABLE)
+def _unavailable() -> AbstractContextManager[None]:
+    return translating_errors("the audit log (Redis) is unavailable", UNAVAILABLE, name_cause=True)
 
 
 def _triple(reply: object) -> tuple[int, str, str]:

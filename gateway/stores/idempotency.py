@@ -22,19 +22,19 @@ duplicates on any number of replicas exactly one gets ``NEW``):
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
 import redis.asyncio
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from gateway.errors import StoreUnavailable
+from gateway.stores.redis_client import milliseconds, translating_errors
 
 Clock = Callable[[], float]
 _CODE = "idempotency_unavailable"
@@ -240,22 +240,23 @@ class RedisIdempotencyStore:
 
     async def claim(self, user: str, key: str, fingerprint: str, ttl: float) -> Claim:
         _check_ttl(ttl)
+        args = (fingerprint, milliseconds(ttl))
         with _unavailable():
-            reply = await self._claim(keys=[self._name(user, key)], args=[fingerprint, _ms(ttl)])
-            return _decode_claim(reply)
+            return _decode_claim(await self._claim(keys=[self._name(user, key)], args=args))
 
     async def complete(self, user: str, key: str, response: StoredResponse, ttl: float) -> None:
         _check_ttl(ttl)
         ctype = response.content_type
-        args: list[bytes | str | int] = [
-            _ms(ttl), response.status, response.body, ctype or "", "0" if ctype is None else "1"]
+        args: list[bytes | str | int] = [milliseconds(ttl), response.status, response.body,
+                                         ctype or "", "0" if ctype is None else "1"]
         with _unavailable():
             await self._complete(keys=[self._name(user, key)], args=args)
 
     async def mark_unknown(self, user: str, key: str, audit_ref: str, ttl: float) -> None:
         _check_ttl(ttl)
+        args = (milliseconds(ttl), audit_ref)
         with _unavailable():
-            await self._mark_unknown(keys=[self._name(user, key)], args=[_ms(ttl), audit_ref])
+            await self._mark_unknown(keys=[self._name(user, key)], args=args)
 
     async def release(self, user: str, key: str) -> None:
         with _unavailable():
@@ -300,13 +301,5 @@ def _text(value: object) -> str:
     return value.decode()
 
 
-def _ms(seconds: float) -> int:
-    return max(1, math.ceil(seconds * 1000))
-
-
-@contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable("the idempotency store (Redis) is unavailable", code=_CODE) from exc
+def _unavailable() -> AbstractContextManager[None]:
+    return translating_errors("the idempotency store (Redis) is unavailable", _CODE)

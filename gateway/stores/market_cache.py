@@ -21,20 +21,19 @@ Redis layout (one round trip per operation):
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import redis.asyncio
-from redis.exceptions import RedisError
 
-from gateway.errors import StoreUnavailable
+from gateway.stores.redis_client import milliseconds, translating_errors
 
 logger = logging.getLogger(__name__)
 
@@ -207,14 +206,16 @@ class RedisMarketCacheStore:
 
     async def put(self, key: str, value: CachedResponse, retain_for: float) -> None:
         _check_put(value, retain_for)
+        raw, px = encode_value(value), milliseconds(retain_for)
         with _unavailable():
-            await self._client.set(self._values + key, encode_value(value), px=_ms(retain_for))
+            await self._client.set(self._values + key, raw, px=px)
 
     async def try_lock(self, key: str, hold_for: float) -> str | None:
         _check_duration("hold_for", hold_for)
         token = _new_token()
         with _unavailable():
-            acquired = await self._client.set(self._locks + key, token, nx=True, px=_ms(hold_for))
+            acquired = await self._client.set(self._locks + key, token, nx=True,
+                                              px=milliseconds(hold_for))
         return token if acquired else None
 
     async def unlock(self, key: str, token: str) -> None:
@@ -245,13 +246,5 @@ def decode_value(raw: object) -> CachedResponse | None:
     return CachedResponse(body=parts[3], content_type=content_type, stored_at=stored_at)
 
 
-def _ms(seconds: float) -> int:
-    return max(1, math.ceil(seconds * 1000))
-
-
-@contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable("the market cache (Redis) is unavailable") from exc
+def _unavailable() -> AbstractContextManager[None]:
+    return translating_errors("the market cache (Redis) is unavailable")

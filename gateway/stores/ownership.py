@@ -18,16 +18,15 @@ Redis layout:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import redis.asyncio
-from redis.exceptions import RedisError
 
-from gateway.errors import StoreUnavailable
+from gateway.stores.redis_client import milliseconds, translating_errors
 
 _CODE = "ownership_unavailable"
 
@@ -80,7 +79,7 @@ class RedisOwnershipStore:
             raise ValueError(f"ttl must be a positive finite number of seconds, not {ttl!r}")
         self._client = client
         self._prefix = f"{prefix}owner:"
-        self._ttl_ms = max(1, math.ceil(ttl * 1000))
+        self._ttl_ms = milliseconds(ttl)
 
     async def record(self, account: str, order_id: int, user: str) -> None:
         with _unavailable():
@@ -102,9 +101,5 @@ class RedisOwnershipStore:
         return f"{self._prefix}{account}:{int(order_id)}"
 
 
-@contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable("the ownership store (Redis) is unavailable", code=_CODE) from exc
+def _unavailable() -> AbstractContextManager[None]:
+    return translating_errors("the ownership store (Redis) is unavailable", _CODE)

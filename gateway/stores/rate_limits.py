@@ -26,23 +26,24 @@ replication (the default since Redis 5). The keys of one decision must live on o
 
 from __future__ import annotations
 
-import contextlib
 import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio
-from redis.exceptions import RedisError
 
 from gateway.errors import RateLimited, StoreUnavailable
+from gateway.stores.redis_client import translating_errors
 
 Clock = Callable[[], float]
 """Seconds on any steady scale: the memory store only measures how long entries have lived."""
 
+_CODE = "rate_limit_unavailable"
 _MICROS = 1_000_000
 _MEMBER_BYTES = 12
 
@@ -296,17 +297,12 @@ def _parse_reply(reply: object, checks: int) -> tuple[bool, list[_Usage]]:
     if (not isinstance(reply, list) or len(reply) != 2 + 2 * checks
             or not all(isinstance(item, int) for item in reply)):
         raise StoreUnavailable("the rate-limit store (Redis) answered with an unexpected reply",
-                               code="rate_limit_unavailable")
+                               code=_CODE)
     allowed, now, *rest = reply
     usage = [_Usage(used, (frees_at - now) / _MICROS)
              for used, frees_at in zip(rest[::2], rest[1::2], strict=True)]
     return bool(allowed), usage
 
 
-@contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable("the rate-limit store (Redis) is unavailable",
-                               code="rate_limit_unavailable") from exc
+def _unavailable() -> AbstractContextManager[None]:
+    return translating_errors("the rate-limit store (Redis) is unavailable", _CODE)

@@ -1,18 +1,29 @@
-"""The one way the gateway builds a Redis client, shared by every Redis store.
+"""The one way the gateway builds a Redis client, and the small helpers every Redis store shares.
 
 Owns the connection pool settings (a ``BlockingConnectionPool``: past ``max_connections`` callers
-wait up to ``timeout`` instead of failing), the timeouts and the retry policy. Responses are
-``bytes`` (``decode_responses=False``) in every store: each store decodes what it reads. This
-module does not own the client's lifetime: whoever calls ``connect_redis`` closes the client
-(``await client.aclose()``), which also closes its pool.
+wait up to ``timeout`` instead of failing), the timeouts and the retry policy; which errors count
+as "Redis failed" (``REDIS_ERRORS``) and their translation into ``StoreUnavailable`` at the store
+edge (``translating_errors``); durations in the milliseconds Redis expiries take
+(``milliseconds``). Responses are ``bytes`` (``decode_responses=False``) in every store: each
+store decodes what it reads. This module does not own the client's lifetime: whoever calls
+``connect_redis`` closes the client (``await client.aclose()``), which also closes its pool.
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from gateway.errors import StoreUnavailable
+
+REDIS_ERRORS = (RedisError, OSError)
+"""What a failed Redis call raises (a socket timeout is an ``OSError``)."""
 
 
 def connect_redis(
@@ -40,5 +51,26 @@ async def ping_redis(client: redis.asyncio.Redis) -> bool:
     """True when Redis answers a PING; False on any Redis or socket error (for readiness)."""
     try:
         return bool(await client.ping())
-    except (RedisError, OSError):
+    except REDIS_ERRORS:
         return False
+
+
+def milliseconds(seconds: float) -> int:
+    """``seconds`` for ``PX`` / ``PEXPIRE``: rounded up, and at least 1 (Redis refuses 0)."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+@contextlib.contextmanager
+def translating_errors(
+    message: str, code: str | None = None, *, name_cause: bool = False
+) -> Iterator[None]:
+    """Raise ``StoreUnavailable(message, code=code)`` from a Redis or socket error in the block.
+
+    ``code`` None keeps ``StoreUnavailable``'s own code; ``name_cause`` appends the failure's
+    type to the message, e.g. ``(ConnectionError)``.
+    """
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        text = f"{message} ({type(exc).__name__})" if name_cause else message
+        raise StoreUnavailable(text, code=code) from exc

@@ -3,9 +3,10 @@
 Owns the ``RevocationStore`` protocol and its two implementations: ``MemoryRevocationStore`` (the
 single-process embedded default) and ``RedisRevocationStore`` (shared by every replica). The check,
 ``is_revoked``, runs on every request: it is synchronous, O(1) and does no I/O. The Redis store
-therefore answers from a local mirror that a background task keeps in step with Redis (polling a
-version counter every ``sync_interval``, so every replica refuses a revoked token within one second
-without pub/sub). Entries are forgotten once the tokens they name would have expired anyway.
+therefore answers from a local mirror that a background task (``gateway.stores.redis_mirror``)
+keeps in step with Redis, polling a version counter every ``sync_interval``: every replica refuses
+a revoked token within one second without pub/sub. Entries are forgotten once the tokens they
+name would have expired anyway.
 
 Redis layout (every change is one Lua script, atomic with its version bump):
 
@@ -21,7 +22,6 @@ check can see, so they do not bump the version). This module does not verify tok
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import logging
 import time
@@ -29,20 +29,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import redis.asyncio
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from gateway.errors import StoreUnavailable
+from gateway.stores.redis_mirror import MirrorLabels, RedisMirror, as_version
 
 logger = logging.getLogger(__name__)
+_LABELS = MirrorLabels(logger, name="revocation store", held="revocations", task="revocation-sync")
 
 Clock = Callable[[], float]
 """Wall-clock seconds since the epoch: the scale of a token's ``iat`` and ``exp``."""
-
-_MAX_BACKOFF = 1.0
-# A full reload now and then, even when the version looks unchanged: covers a Redis that lost its
-# data and counted back up to the same version between two polls, or an entry edited by hand.
-_FULL_RELOAD_INTERVAL = 30.0
 
 
 class RevocationStore(Protocol):
@@ -208,110 +203,52 @@ class RedisRevocationStore:
     ) -> None:
         if sync_interval <= 0:
             raise ValueError("sync_interval must be positive")
-        self._client = client
         names = ("tokens", "users", "users:keep_until", "version")
-        self._keys = [f"{prefix}revoked:{name}" for name in names]
+        keys = [f"{prefix}revoked:{name}" for name in names]
         self._clock = clock
-        self._interval = sync_interval
-        self._scripts = {name: client.register_script(text) for name, text in (
-            ("purge", _PURGE_ONLY), ("token", _REVOKE_TOKEN),
-            ("user", _REVOKE_USER), ("snapshot", _SNAPSHOT))}
         self._mirror = _Mirror()
-        self._version = -1  # unknown: the first sync loads
-        self._reload_due = 0.0  # event-loop time of the next unconditional reload
-        self._lock = asyncio.Lock()  # orders reloads and local updates as Redis ordered them
-        self._healthy = False
-        self._outage = False  # an outage is logged once, when it starts
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._sync = RedisMirror(
+            client, keys=keys, version_key=keys[3], interval=sync_interval,
+            scripts={"purge": _PURGE_ONLY, "token": _REVOKE_TOKEN, "user": _REVOKE_USER,
+                     "snapshot": _SNAPSHOT},
+            load=self._load, tidy=self._tidy, labels=_LABELS)
 
     async def start(self) -> None:
-        if self._task is not None:
-            return
-        self._closing = False
-        await self._sync_step(self._interval)
-        self._task = asyncio.create_task(self._sync_loop(), name="revocation-sync")
-        self._task.add_done_callback(self._sync_ended)
+        await self._sync.start()
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        # On Python 3.11 a cancellation landing as a redis-py reply arrives can be swallowed
-        # (asyncio.wait_for inside redis-py returns the reply instead): the loop then stops at
-        # its next check of ``_closing``, so this wait still ends.
-        self._closing = True
-        task.cancel()
-        await asyncio.wait([task])
+        await self._sync.close()
 
     async def revoke_token(self, token_id: str, expires_at: float) -> None:
-        async with self._lock:
+        async with self._sync.lock:
             now = self._clock()
-            version = await self._change("token", now, token_id, expires_at)
+            await self._sync.change("token", _args(now, token_id, expires_at), _version_only)
             self._mirror.add_token(token_id, expires_at)
-            self._applied(version, now)
+            self._mirror.purge(now)
 
     async def revoke_user(self, subject: str, before: float, keep_until: float) -> None:
-        async with self._lock:
+        async with self._sync.lock:
             now = self._clock()
-            version = await self._change("user", now, subject, before, keep_until)
+            args = _args(now, subject, before, keep_until)
+            await self._sync.change("user", args, _version_only)
             self._mirror.add_user(subject, before, keep_until)
-            self._applied(version, now)
+            self._mirror.purge(now)
 
     def is_revoked(self, token_id: str, subject: str, issued_at: float) -> bool:
         return self._mirror.is_revoked(token_id, subject, issued_at, self._clock())
 
     @property
     def healthy(self) -> bool:
-        return self._healthy
+        return self._sync.healthy
 
     @property
     def entries(self) -> int:
         """Revocations held in the local mirror (a gauge)."""
         return len(self._mirror)
 
-    async def _change(self, script: str, now: float, *args: str | float) -> int:
-        try:
-            return _as_int(await self._run(script, now, *args))
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            raise StoreUnavailable("the revocation store (Redis) is unavailable") from exc
-
-    def _applied(self, version: int, now: float) -> None:
-        self._mirror.purge(now)
-        if version == self._version + 1:  # nobody else changed it: no reload needed
-            self._version = version
-
-    async def _sync_loop(self) -> None:
-        delay = self._interval
-        while not self._closing:
-            await asyncio.sleep(delay)
-            delay = await self._sync_step(delay)
-
-    async def _sync_step(self, delay: float) -> float:
-        """One sync; returns how long to wait before the next one."""
-        try:
-            async with self._lock:
-                await self._sync_once(self._clock())
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return min(delay * 2, max(self._interval, _MAX_BACKOFF))
-        self._recovered()
-        return self._interval
-
-    async def _sync_once(self, now: float) -> None:
-        raw = await self._client.get(self._keys[3])
-        due = asyncio.get_running_loop().time() >= self._reload_due
-        if due or int(raw or 0) != self._version:
-            await self._reload(now)
-            return
-        next_expiry = self._mirror.next_expiry()
-        if next_expiry is not None and next_expiry <= now:
-            await self._run("purge", now)
-            self._mirror.purge(now)
-
-    async def _reload(self, now: float) -> None:
-        version, tokens, users, keeps = _snapshot(await self._run("snapshot", now))
+    async def _load(self) -> int:
+        now = self._clock()
+        version, tokens, users, keeps = _snapshot(await self._sync.run("snapshot", _args(now)))
         mirror = _Mirror()
         for token_id, expires_at in _pairs(tokens):
             mirror.add_token(token_id.decode(), float(expires_at))
@@ -319,46 +256,31 @@ class RedisRevocationStore:
         for subject, before in _pairs(users):
             mirror.add_user(subject.decode(), float(before), float(keep_until.get(subject, now)))
         mirror.purge(now)
-        self._mirror, self._version = mirror, version
-        self._reload_due = asyncio.get_running_loop().time() + _FULL_RELOAD_INTERVAL
+        self._mirror = mirror
+        return version
 
-    async def _run(self, name: str, now: float, *args: str | float) -> object:
-        script: AsyncScript = self._scripts[name]
-        return await script(keys=self._keys, args=[repr(now), *map(_arg, args)])
-
-    def _failed(self, exc: BaseException) -> None:
-        if not self._outage:
-            logger.warning("revocation store: Redis unreachable (%s: %s); serving the last "
-                           "known revocations and retrying", type(exc).__name__, exc)
-        self._outage, self._healthy = True, False
-
-    def _recovered(self) -> None:
-        if self._outage:
-            logger.info("revocation store: Redis reachable again, in step")
-        self._outage, self._healthy = False, True
-
-    def _sync_ended(self, task: asyncio.Task[None]) -> None:
-        # Only a bug ends the loop early; say so, and stop claiming to be in step.
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("revocation store: sync stopped", exc_info=task.exception())
-            self._healthy = False
+    async def _tidy(self) -> None:
+        now = self._clock()
+        next_expiry = self._mirror.next_expiry()
+        if next_expiry is not None and next_expiry <= now:
+            await self._sync.run("purge", _args(now))
+            self._mirror.purge(now)
 
 
-def _arg(value: str | float) -> str:
-    return value if isinstance(value, str) else repr(float(value))
+def _args(now: float, *values: str | float) -> list[str]:
+    """A script's ARGV: ``now`` first; numbers as ``repr`` (exact, and what Lua reads)."""
+    return [value if isinstance(value, str) else repr(float(value)) for value in (now, *values)]
 
 
-def _as_int(reply: object) -> int:
-    if isinstance(reply, int | bytes | str):
-        return int(reply)
-    raise ResponseError(f"unexpected reply from a revocation script: {type(reply).__name__}")
+def _version_only(reply: object) -> tuple[int, None]:
+    return as_version(reply), None
 
 
 def _snapshot(reply: object) -> tuple[int, list[bytes], list[bytes], list[bytes]]:
     if not isinstance(reply, list) or len(reply) != 4:
         raise ResponseError("unexpected reply from the revocation snapshot script")
     version, tokens, users, keeps = reply
-    return _as_int(version), tokens, users, keeps
+    return as_version(version), tokens, users, keeps
 
 
 def _pairs(flat: Sequence[bytes]) -> Iterator[tuple[bytes, bytes]]:
