@@ -26,7 +26,7 @@ then stores the event twice, under its one event ``id``.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import redis.asyncio
@@ -156,13 +156,13 @@ class RedisAuditLog:
     async def append(self, event: AuditEvent) -> AuditRecord:
         keys = [self._records, self._head, self._anchor]
         text, digest = canonical_with_digest(event)
-        async with _unavailable():
+        with _unavailable():
             reply = await self._append(keys=keys, args=[text, digest, GENESIS])
         seq, hash_, prev = _triple(reply)
         return AuditRecord(seq, prev, hash_, event)
 
     async def read(self, after_seq: int, limit: int) -> list[AuditRecord]:
-        async with _unavailable():
+        with _unavailable():
             lines = await self._read(keys=[self._records, self._anchor], args=[after_seq, limit])
         return [AuditRecord.from_json(line) for line in lines]
 
@@ -170,26 +170,26 @@ class RedisAuditLog:
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hmget(self._head, ["seq", "hash"])
             pipe.hmget(self._anchor, ["seq", "hash"])
-            async with _unavailable():
+            with _unavailable():
                 head, anchor = await pipe.execute()
         return _point(head) or _point(anchor) or START
 
     async def anchor(self) -> ChainPoint:
-        async with _unavailable():
+        with _unavailable():
             return _point(await self._client.hmget(self._anchor, ["seq", "hash"])) or START
 
     async def exported(self) -> int:
-        async with _unavailable():
+        with _unavailable():
             return int(await self._client.get(self._exported) or 0)
 
     async def mark_exported(self, seq: int) -> None:
-        async with _unavailable():
+        with _unavailable():
             await self._mark(keys=[self._exported, self._head], args=[seq])
 
     async def trim(self, before: float) -> int:
         total = 0
         while True:
-            async with _unavailable():
+            with _unavailable():
                 removed = int(await self._trim(
                     keys=[self._records, self._anchor, self._exported],
                     args=[repr(before), _TRIM_BATCH]))
@@ -212,7 +212,7 @@ def open_audit_log(settings: Settings, client: redis.asyncio.Redis | None, *,
     return FileAuditLog(settings.audit.file, fsync=settings.audit.fsync, read_only=read_only)
 
 
-def _unavailable() -> AbstractAsyncContextManager[None]:
+def _unavailable() -> AbstractContextManager[None]:
     return translating_errors("the audit log (Redis) is unavailable", UNAVAILABLE, name_cause=True)
 
 

@@ -26,7 +26,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -241,7 +241,7 @@ class RedisIdempotencyStore:
     async def claim(self, user: str, key: str, fingerprint: str, ttl: float) -> Claim:
         _check_ttl(ttl)
         args = (fingerprint, milliseconds(ttl))
-        async with _unavailable():
+        with _unavailable():
             return _decode_claim(await self._claim(keys=[self._name(user, key)], args=args))
 
     async def complete(self, user: str, key: str, response: StoredResponse, ttl: float) -> None:
@@ -249,17 +249,17 @@ class RedisIdempotencyStore:
         ctype = response.content_type
         args: list[bytes | str | int] = [milliseconds(ttl), response.status, response.body,
                                          ctype or "", "0" if ctype is None else "1"]
-        async with _unavailable():
+        with _unavailable():
             await self._complete(keys=[self._name(user, key)], args=args)
 
     async def mark_unknown(self, user: str, key: str, audit_ref: str, ttl: float) -> None:
         _check_ttl(ttl)
         args = (milliseconds(ttl), audit_ref)
-        async with _unavailable():
+        with _unavailable():
             await self._mark_unknown(keys=[self._name(user, key)], args=args)
 
     async def release(self, user: str, key: str) -> None:
-        async with _unavailable():
+        with _unavailable():
             await self._release(keys=[self._name(user, key)])
 
     async def close(self) -> None:
@@ -301,5 +301,5 @@ def _text(value: object) -> str:
     return value.decode()
 
 
-def _unavailable() -> AbstractAsyncContextManager[None]:
+def _unavailable() -> AbstractContextManager[None]:
     return translating_errors("the idempotency store (Redis) is unavailable", _CODE)

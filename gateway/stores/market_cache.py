@@ -27,7 +27,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -195,7 +195,7 @@ class RedisMarketCacheStore:
         self._unlock = client.register_script(_UNLOCK)
 
     async def get(self, key: str) -> CachedResponse | None:
-        async with _unavailable():
+        with _unavailable():
             raw = await self._client.get(self._values + key)
         if raw is None:
             return None
@@ -207,19 +207,19 @@ class RedisMarketCacheStore:
     async def put(self, key: str, value: CachedResponse, retain_for: float) -> None:
         _check_put(value, retain_for)
         raw, px = encode_value(value), milliseconds(retain_for)
-        async with _unavailable():
+        with _unavailable():
             await self._client.set(self._values + key, raw, px=px)
 
     async def try_lock(self, key: str, hold_for: float) -> str | None:
         _check_duration("hold_for", hold_for)
         token = _new_token()
-        async with _unavailable():
+        with _unavailable():
             acquired = await self._client.set(self._locks + key, token, nx=True,
                                               px=milliseconds(hold_for))
         return token if acquired else None
 
     async def unlock(self, key: str, token: str) -> None:
-        async with _unavailable():
+        with _unavailable():
             await self._unlock(keys=[self._locks + key], args=[token])
 
     async def close(self) -> None:
@@ -246,5 +246,5 @@ def decode_value(raw: object) -> CachedResponse | None:
     return CachedResponse(body=parts[3], content_type=content_type, stored_at=stored_at)
 
 
-def _unavailable() -> AbstractAsyncContextManager[None]:
+def _unavailable() -> AbstractContextManager[None]:
     return translating_errors("the market cache (Redis) is unavailable")

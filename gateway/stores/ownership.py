@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import redis.asyncio
@@ -82,13 +82,13 @@ class RedisOwnershipStore:
         self._ttl_ms = milliseconds(ttl)
 
     async def record(self, account: str, order_id: int, user: str) -> None:
-        async with _unavailable():
+        with _unavailable():
             await self._client.set(self._name(account, order_id), user, px=self._ttl_ms)
 
     async def owners(self, account: str, order_ids: Sequence[int]) -> list[str | None]:
         if not order_ids:
             return []  # MGET with no keys is an error
-        async with _unavailable():
+        with _unavailable():
             raw = await self._client.mget([self._name(account, oid) for oid in order_ids])
         # A hand-edited value that is not UTF-8 matches no user: that order is nobody's.
         return [value.decode(errors="replace") if isinstance(value, bytes) else None
@@ -101,5 +101,5 @@ class RedisOwnershipStore:
         return f"{self._prefix}{account}:{int(order_id)}"
 
 
-def _unavailable() -> AbstractAsyncContextManager[None]:
+def _unavailable() -> AbstractContextManager[None]:
     return translating_errors("the ownership store (Redis) is unavailable", _CODE)

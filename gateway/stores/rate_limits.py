@@ -31,7 +31,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -280,7 +280,7 @@ class RedisRateLimitStore:
         args: list[str | int] = [secrets.token_hex(_MEMBER_BYTES)]
         for check in checks:
             args += [check.limit.count, _micros(check.limit.window)]
-        async with _unavailable():
+        with _unavailable():
             reply = await self._acquire(keys=keys, args=args)
         allowed, usage = _parse_reply(reply, len(checks))
         return _decide(checks, usage, allowed)
@@ -304,5 +304,5 @@ def _parse_reply(reply: object, checks: int) -> tuple[bool, list[_Usage]]:
     return bool(allowed), usage
 
 
-def _unavailable() -> AbstractAsyncContextManager[None]:
+def _unavailable() -> AbstractContextManager[None]:
     return translating_errors("the rate-limit store (Redis) is unavailable", _CODE)

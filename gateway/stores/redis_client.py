@@ -11,10 +11,9 @@ store decodes what it reads. This module does not own the client's lifetime: who
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
@@ -23,8 +22,6 @@ from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
 
-COMMAND_TIMEOUT = 2.0
-"""Seconds one store call may wait for Redis's replies before it counts as failed."""
 REDIS_ERRORS = (RedisError, OSError)
 """What a failed Redis call raises (a socket timeout is an ``OSError``)."""
 
@@ -34,16 +31,15 @@ def connect_redis(
 ) -> redis.asyncio.Redis:
     """A client for ``url`` (no I/O yet: connections open on first use).
 
-    ``timeout`` bounds the wait for a pooled connection and the TCP connect. Replies are
-    bounded by the stores (``translating_errors``, ``COMMAND_TIMEOUT``), once per store call:
-    redis-py's own ``socket_timeout`` costs an ``asyncio.wait_for`` — a task — per command
-    (a fifth of a command's CPU here). One immediate retry covers a pooled connection that went
-    stale when Redis restarted.
+    ``timeout`` bounds the wait for a pooled connection, the TCP connect and each reply, so a
+    hung Redis shows as an error within seconds, never as a request that waits forever. One
+    immediate retry covers a pooled connection that went stale when Redis restarted.
     """
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=timeout,
+        socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 1),
         decode_responses=False,
@@ -54,8 +50,7 @@ def connect_redis(
 async def ping_redis(client: redis.asyncio.Redis) -> bool:
     """True when Redis answers a PING; False on any Redis or socket error (for readiness)."""
     try:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            return bool(await client.ping())
+        return bool(await client.ping())
     except REDIS_ERRORS:
         return False
 
@@ -65,19 +60,17 @@ def milliseconds(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-@contextlib.asynccontextmanager
-async def translating_errors(
+@contextlib.contextmanager
+def translating_errors(
     message: str, code: str | None = None, *, name_cause: bool = False
-) -> AsyncIterator[None]:
-    """Raise ``StoreUnavailable(message, code=code)`` from a Redis or socket error in the block,
-    or when the block takes longer than ``COMMAND_TIMEOUT`` (a hung Redis).
+) -> Iterator[None]:
+    """Raise ``StoreUnavailable(message, code=code)`` from a Redis or socket error in the block.
 
     ``code`` None keeps ``StoreUnavailable``'s own code; ``name_cause`` appends the failure's
     type to the message, e.g. ``(ConnectionError)``.
     """
     try:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            yield
+        yield
     except REDIS_ERRORS as exc:
         text = f"{message} ({type(exc).__name__})" if name_cause else message
         raise StoreUnavailable(text, code=code) from exc

@@ -26,7 +26,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from gateway.errors import StoreUnavailable
-from gateway.stores.redis_client import COMMAND_TIMEOUT, REDIS_ERRORS
+from gateway.stores.redis_client import REDIS_ERRORS
 
 _MAX_BACKOFF = 1.0
 # A full reload now and then, even when the version looks unchanged: covers a Redis that lost its
@@ -128,8 +128,7 @@ class RedisMirror:
     async def run(self, script: str, args: Sequence[str] = ()) -> object:
         """Run ``script`` on the store's keys: its raw reply; Redis errors pass through."""
         call: AsyncScript = self._scripts[script]
-        async with asyncio.timeout(COMMAND_TIMEOUT):  # a hung Redis is an outage, not a hang
-            return await call(keys=self._keys, args=list(args))
+        return await call(keys=self._keys, args=list(args))
 
     async def _sync_loop(self) -> None:
         delay = self._interval
