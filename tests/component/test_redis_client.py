@@ -29,7 +29,7 @@ async def silent_redis() -> AsyncIterator[str]:
 
 
 async def test_a_store_call_to_a_silent_redis_fails_as_unavailable(silent_redis: str) -> None:
-    client = connect_redis(silent_redis)
+    client = connect_redis(silent_redis, timeout=0.5)
     try:
         store = RedisOwnershipStore(client, "test:", ttl=60)
         with pytest.raises(StoreUnavailable) as caught:
