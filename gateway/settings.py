@@ -18,6 +18,7 @@ import yaml
 
 from gateway.core.mapping_reader import ConfigError, MappingReader
 from gateway.order_settings import OrderSettings, parse_orders
+from gateway.ws_settings import WebSocketSettings, parse_ws
 
 ENV_PREFIX = "EXPIE_GW_"
 # Names the settings file (see ``gateway.cli``); it is not a settings key.
@@ -133,6 +134,7 @@ class Settings:
     redis: RedisSettings = RedisSettings()
     audit: AuditSettings = AuditSettings()
     orders: OrderSettings = field(default_factory=OrderSettings)
+    ws: WebSocketSettings = field(default_factory=WebSocketSettings)
     log_level: str = "INFO"
 
     @property
@@ -220,6 +222,7 @@ def parse_settings(data: object) -> Settings:
         redis=_redis(root.section("redis", {})),
         audit=_audit(root.section("audit", {})),
         orders=parse_orders(root.section("orders", {})),
+        ws=parse_ws(root.section("ws", {})),
         log_level=_log_level(root.section("logging", {})),
     )
     root.done()

@@ -16,6 +16,7 @@ import yaml
 from gateway.core.mapping_reader import ConfigError
 from gateway.order_settings import RatePolicy, RiskPolicy, UserLimits
 from gateway.settings import SecretRef, Settings, load_settings
+from gateway.ws_settings import WebSocketSettings, upstream_ws_url
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_YAML = ROOT / "config" / "gateway.yaml"
@@ -212,12 +213,14 @@ KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
         ("orders: {kill_switch: {sync_interval: 2}}\n", "orders.kill_switch.sync_interval"),
         ("audit: {backend: s3}\n", "audit.backend"),
         ("audit: {backend: redis}\n", "audit.backend"),
+        ("ws: {upstream_url: 'http://x/ws'}\n", "ws.upstream_url"),
+        ("ws: {upstream_depth_limit: 60}\n", "ws.upstream_depth_limit"),
     ],
     ids=["negative-port", "port-not-a-number", "url-without-scheme", "algorithm",
          "signing-key-missing", "env-and-file", "no-key-material", "ttl-over-max", "redis-url",
          "account-without-token", "log-level", "limit-count-zero", "unknown-limit",
          "negative-notional", "unknown-risk-key", "slow-kill-switch-sync", "audit-backend",
-         "audit-in-redis-without-redis"],
+         "audit-in-redis-without-redis", "ws-url-scheme", "ws-depth-limit"],
 )
 def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -242,3 +245,13 @@ def test_order_limits_and_risk_read_from_the_file(tmp_path: Path) -> None:
     assert orders.risk.for_market("BCCBTC") == RiskPolicy(
         max_notional=Decimal(5), price_band_percent=Decimal(2))
     assert orders.risk.for_market("ETHBTC") == RiskPolicy(max_notional=Decimal(5))
+
+
+@pytest.mark.parametrize(("base", "expected"), [
+    ("http://127.0.0.1:8081", "ws://127.0.0.1:8081/ws"),
+    ("https://api.expie.example/", "wss://api.expie.example/ws"),
+])
+def test_the_exchanges_websocket_follows_its_rest_root(base: str, expected: str) -> None:
+    assert upstream_ws_url(WebSocketSettings(), base) == expected
+    assert upstream_ws_url(WebSocketSettings(upstream_url="ws://feed:9/ws"), base) == \
+        "ws://feed:9/ws"
