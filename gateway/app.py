@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,11 +25,14 @@ from gateway.auth.secret import Secret
 from gateway.auth.signing import KeyRing
 from gateway.auth.tokens import TokenIssuer, TokenVerifier
 from gateway.auth.users import UserDirectory, load_users
+from gateway.fanout.hub import Hub
+from gateway.fanout.subscriber import GOING_AWAY
 from gateway.keys import (
     ACCOUNT_TOKENS,
     AUDIT_TRAIL,
     AUTHENTICATOR,
     CLOCK,
+    FANOUT,
     GRANT,
     JWKS_BODY,
     KEYRING,
@@ -41,6 +45,7 @@ from gateway.keys import (
     SETTINGS,
     TELEMETRY,
     UPSTREAM,
+    WS_USERS,
 )
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.kill_switches import KillSwitches
@@ -79,6 +84,7 @@ from gateway.stores.revocation import (
 from gateway.telemetry import Telemetry
 from gateway.upstream.rest import UpstreamClient
 from gateway.web.routes import setup_routes
+from gateway.ws_settings import upstream_ws_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +139,17 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     stores = _stores(settings, given, clock)
     app[REVOCATIONS] = stores.revocations
     app[AUTHENTICATOR] = Authenticator(verifier, stores.revocations, directory)
-    app[MARKET_DATA] = MarketData(app[UPSTREAM], stores.market_cache, settings.cache, clock)
+    hub = app[FANOUT] = Hub(settings.ws, upstream_ws_url(settings.ws, settings.upstream.base_url),
+                            events=telemetry.fanout)
+    app[WS_USERS] = Counter()
+    app[MARKET_DATA] = MarketData(app[UPSTREAM], stores.market_cache, settings.cache, clock,
+                                  live_depth=hub)
     app[READ_LIMITS] = ReadLimits(MemoryRateLimitStore(), directory)
     _setup_order_desk(app, settings, stores, directory, clock)
     app.cleanup_ctx.append(_stores_lifetime(stores))
     app.cleanup_ctx.append(_upstream_lifetime)
+    app.cleanup_ctx.append(_fanout_lifetime)
+    app.on_shutdown.append(_close_websockets)
     app.on_cleanup.append(_telemetry_shutdown)
     app.on_cleanup.append(_close_outbound(external, http))
     setup_routes(app)
@@ -257,6 +269,17 @@ async def _upstream_lifetime(app: web.Application) -> AsyncIterator[None]:
     await app[UPSTREAM].start()
     yield
     await app[UPSTREAM].close()
+
+
+async def _fanout_lifetime(app: web.Application) -> AsyncIterator[None]:
+    await app[FANOUT].start()
+    yield
+    await app[FANOUT].close()
+
+
+async def _close_websockets(app: web.Application) -> None:
+    """On shutdown, before the server stops: clients reconnect elsewhere (1001)."""
+    await app[FANOUT].shutdown(GOING_AWAY, "the gateway is shutting down")
 
 
 async def _telemetry_shutdown(app: web.Application) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from gateway.auth.grants import ClientCredentialsGrant
 from gateway.auth.secret import Secret
 from gateway.auth.signing import KeyRing
 from gateway.core.principal import Principal
+from gateway.fanout.hub import Hub
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.kill_switches import KillSwitches
 from gateway.services.market_data import MarketData
@@ -36,6 +38,9 @@ ORDER_VIEWS = web.AppKey("order_views", OrderViews)
 KILL_SWITCHES = web.AppKey("kill_switches", KillSwitches)
 AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
 READ_LIMITS = web.AppKey("read_limits", ReadLimits)
+FANOUT = web.AppKey("fanout", Hub)
+# Open WebSocket connections per user (the per-user connection limit).
+WS_USERS: web.AppKey[Counter[str]] = web.AppKey("ws_users")
 ACCOUNT_TOKENS: web.AppKey[Mapping[str, Secret]] = web.AppKey("account_tokens")
 # The JWKS document rendered once: it changes only with the configuration.
 JWKS_BODY = web.AppKey("jwks_body", bytes)

@@ -28,6 +28,8 @@ FAILURES = "expie_gateway.upstream.failures"
 ORDER_CALLS = "expie_gateway.orders.calls"
 ORDER_REFUSALS = "expie_gateway.orders.refusals"
 AUDIT_SPOOLED = "expie_gateway.audit.spooled"
+WS_SLOW_CLOSED = "expie_gateway.ws.slow_consumers_closed"
+WS_CONFLATED = "expie_gateway.ws.depth_conflations"
 METER_NAME = "expie_gateway"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
@@ -60,6 +62,10 @@ INSTRUMENTS = (
                "Order calls the gateway refused before the exchange, by action and reason."),
     Instrument(AUDIT_SPOOLED, "gauge",
                "Audit records waiting in memory for the audit store to come back."),
+    Instrument(WS_SLOW_CLOSED, "counter",
+               "WebSocket clients closed (1013) for falling too far behind on price or deals."),
+    Instrument(WS_CONFLATED, "counter",
+               "Times a lagging WebSocket client's depth was conflated into a fresh snapshot."),
 )
 
 
@@ -122,6 +128,22 @@ class OrderMetrics:
         return [Observation(sum(count() for count in self._spooled))]
 
 
+class FanoutMetrics:
+    """The subscribers' ``SubscriberEvents``."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._slow = meter.create_counter(WS_SLOW_CLOSED, unit="1",
+                                          description=INSTRUMENTS[6].description)
+        self._conflated = meter.create_counter(WS_CONFLATED, unit="1",
+                                               description=INSTRUMENTS[7].description)
+
+    def slow_consumer_closed(self) -> None:
+        self._slow.add(1)
+
+    def depth_conflated(self) -> None:
+        self._conflated.add(1)
+
+
 class Telemetry:
     """One app's meters; ``shutdown`` when the app stops."""
 
@@ -131,6 +153,7 @@ class Telemetry:
         meter = self._provider.get_meter(METER_NAME)
         self.upstream = UpstreamMetrics(meter)
         self.orders = OrderMetrics(meter)
+        self.fanout = FanoutMetrics(meter)
 
     def render_prometheus(self) -> str:
         points = _points_by_name(self._reader.get_metrics_data())

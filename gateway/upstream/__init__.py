@@ -1,1 +1,1 @@
-"""The only code that talks to Expie: REST (``rest``) and, later, WebSocket feeds."""
+"""The only code that talks to Expie: REST (``rest``) and the WebSocket feeds (``feed``)."""

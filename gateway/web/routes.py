@@ -12,6 +12,7 @@ from gateway.web.exchange import EXCHANGE_ROUTES, exchange_handler
 from gateway.web.guard import protected, public
 from gateway.web.health import healthz, metrics, readyz
 from gateway.web.orders import cancel_order, order_call, place_order
+from gateway.web.ws import websocket
 
 
 async def no_such_route(request: web.Request) -> web.Response:
@@ -39,6 +40,7 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/admin/kill-switch", protected(Scope.ADMIN, list_kill_switches),
                    allow_head=False)
     router.add_get("/admin/audit", protected(Scope.ADMIN, audit_records), allow_head=False)
+    router.add_get("/ws", websocket, allow_head=False)
     router.add_get("/healthz", public(healthz), allow_head=False)
     router.add_get("/readyz", public(readyz), allow_head=False)
     router.add_get("/metrics", public(metrics), allow_head=False)

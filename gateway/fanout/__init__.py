@@ -1,0 +1,1 @@
+"""WebSocket fan-out: one upstream subscription per market, many downstream subscribers."""

@@ -1,0 +1,61 @@
+"""/ws end to end: an Expie client only changes URL and token, and is served by the fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+
+from tests.gateway_harness import RunningGateway
+from tests.simulator_harness import RunningSimulator
+
+PATIENCE = 5.0  # bounds each wait for a frame; it measures nothing
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse) -> Any:
+    return json.loads(await asyncio.wait_for(ws.receive_str(), PATIENCE))
+
+
+async def call(ws: aiohttp.ClientWebSocketResponse, method: str, params: list[Any],
+               request_id: int) -> Any:
+    await ws.send_json({"method": method, "params": params, "id": request_id})
+    return await receive(ws)
+
+
+async def test_a_depth_subscription_is_served_from_one_upstream_book(
+    sim: RunningSimulator, gw: RunningGateway
+) -> None:
+    headers = {"Authorization": f"Bearer {gw.token()}"}
+    async with gw.http.ws_connect(gw.url("/ws"), headers=headers) as ws:
+        reply = await call(ws, "depth.subscribe", ["BCCBTC", 10, "0"], 1)
+        assert reply == {"error": None, "result": {"status": "success"}, "id": 1}
+        assert (await receive(ws))["params"] == [True, {"asks": [], "bids": []}, "BCCBTC"]
+        await sim.place("BCCBTC", 1, "2", "0.3")
+        assert (await receive(ws))["params"] == [False, {"asks": [["0.3", "2"]]}, "BCCBTC"]
+        answer = await call(ws, "depth.query", ["BCCBTC", 10, "0"], 2)
+        assert answer["result"] == {"asks": [["0.3", "2"]], "bids": []}
+        assert (await sim.stats())["subscriptions"]["depth"] == {"BCCBTC": 1}
+
+
+async def test_what_expie_ignores_or_drops_on_gets_an_error_and_the_socket_stays(
+    gw: RunningGateway
+) -> None:
+    headers = {"Authorization": f"Bearer {gw.token()}"}
+    async with gw.http.ws_connect(gw.url("/ws"), headers=headers) as ws:
+        assert (await call(ws, "no.such", [], 4))["error"] == {
+            "code": 4, "message": "method not found"}
+        await ws.send_str("garbage")
+        assert (await receive(ws))["error"]["code"] == 1
+        assert (await call(ws, "server.ping", [], 5))["result"] == "pong"
+
+
+async def test_a_socket_authenticates_with_server_auth_before_subscribing(
+    gw: RunningGateway
+) -> None:
+    async with gw.http.ws_connect(gw.url("/ws")) as ws:
+        refused = await call(ws, "depth.subscribe", ["BCCBTC", 10, "0"], 1)
+        assert refused["error"] == {"code": 6, "message": "require authentication"}
+        assert (await call(ws, "server.auth", [gw.token()], 2))["result"] == {"status": "success"}
+        assert (await call(ws, "depth.subscribe", ["BCCBTC", 10, "0"], 3))["error"] is None
