@@ -44,11 +44,14 @@ async def _serve(gateway_port: int, simulator_port: int) -> None:
     settings = _demo_settings(gateway_port, simulator_port)
     keyring = KeyRing(generate_signing_key(f"demo-{int(time.time())}"), [])
     tokens = {account.name: Secret(account.token) for account in sim_config.accounts}
-    runners = [
-        await _start(create_simulator(sim_config, seed=1, activity=ACTIVITY), simulator_port),
-        await _start(create_app(settings, Overrides(keyring=keyring, account_tokens=tokens)),
-                     gateway_port),
-    ]
+    runners = [await _start(create_simulator(sim_config, seed=1, activity=ACTIVITY),
+                            simulator_port)]
+    try:
+        runners.append(await _start(
+            create_app(settings, Overrides(keyring=keyring, account_tokens=tokens)), gateway_port))
+    except BaseException:
+        await runners[0].cleanup()
+        raise
     issuer = TokenIssuer(keyring, settings.auth.issuer, settings.auth.audience, time.time)
     scopes = ALL_SCOPES - {Scope.ADMIN}
     token, _ = issuer.issue(DEMO_USER, [scope.value for scope in scopes], settings.auth.token_ttl)
@@ -86,7 +89,8 @@ def banner(
     auth = f'-H "Authorization: Bearer {token}"'
     return "\n".join([
         "Expie Gateway demo",
-        f"  gateway    {gateway}   (REST /v1/..., POST /auth/token, /.well-known/jwks.json)",
+        f"  gateway    {gateway}   (REST /v1/..., WebSocket /ws, POST /auth/token, "
+        "/.well-known/jwks.json)",
         f"  simulator  http://127.0.0.1:{simulator_port}/v1   (the upstream exchange, "
         f"{len(sim_config.markets)} live markets)",
         "",
@@ -99,6 +103,15 @@ def banner(
         f"{gateway}/v1/markets/BCCBTC/orders",
         f"  curl -s {auth} {gateway}/v1/markets/BCCBTC/orders/_pending   (this user's own orders)",
         f"  curl -s {auth} {gateway}/v1/balance/summary",
+        "Live depth through the gateway's WebSocket fan-out (Ctrl-C to stop):",
+        "  .venv/bin/python -c \"import asyncio, aiohttp",
+        "async def main():",
+        "    async with aiohttp.ClientSession() as http, http.ws_connect(",
+        f"            'ws://127.0.0.1:{gateway_port}/ws?token={token}') as ws:",
+        "        await ws.send_json({'method': 'depth.subscribe', 'params': ['BCCBTC', 10, '0'], "
+        "'id': 1})",
+        "        async for message in ws: print(message.data)",
+        "asyncio.run(main())\"",
         "The audit trail of those calls (a hash chain; the demo keeps it in var/demo-audit.jsonl):",
         "  .venv/bin/expie-gateway audit verify --config config/demo.yaml",
         "A new token with the client-credentials grant:",

@@ -237,6 +237,7 @@ def write_state(path: Path, switches: list[KillSwitch]) -> None:
     """Replace ``path`` atomically (temporary file, fsync, rename): a crash leaves the old state
     or the new one, never half of one. Raises ``OSError``."""
     data = {"version": _FILE_VERSION, "switches": [switch.to_wire() for switch in switches]}
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:

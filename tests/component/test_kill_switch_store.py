@@ -381,3 +381,14 @@ async def test_saving_leaves_only_the_state_file(tmp_path: Path) -> None:
         await store.engage(switch)
     await store.release(SwitchScope.DESK, "")
     assert names_in(tmp_path) == ["kill-switch.json"]
+
+
+async def test_a_state_file_in_a_directory_not_made_yet_is_created(tmp_path: Path) -> None:
+    state = tmp_path / "var" / "kill-switches.json"
+    store = MemoryKillSwitchStore(state)
+    await store.start()
+    await store.engage(DESK)
+    await store.close()
+    restarted = MemoryKillSwitchStore(state)
+    await restarted.start()
+    assert restarted.blocking("acct-1", "alice") == DESK
