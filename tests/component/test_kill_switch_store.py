@@ -355,8 +355,9 @@ async def test_a_corrupt_state_file_stops_start_naming_the_file(
 
 
 async def test_a_state_file_that_cannot_be_written_stops_start(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="missing-dir"):
-        await MemoryKillSwitchStore(tmp_path / "missing-dir" / "kill-switch.json").start()
+    (tmp_path / "not-a-dir").write_text("a file where the directory should be")
+    with pytest.raises(ConfigError, match="not-a-dir"):
+        await MemoryKillSwitchStore(tmp_path / "not-a-dir" / "kill-switch.json").start()
 
 
 async def test_a_change_that_cannot_be_saved_is_refused_and_not_applied(tmp_path: Path) -> None:
@@ -366,6 +367,7 @@ async def test_a_change_that_cannot_be_saved_is_refused_and_not_applied(tmp_path
     await store.engage(ACCOUNT)
     (directory / "kill-switch.json").unlink()
     directory.rmdir()
+    directory.write_text("a file where the directory was")
     with pytest.raises(StoreUnavailable) as refused:
         await store.engage(DESK)
     assert refused.value.code == "kill_switch_unavailable"
