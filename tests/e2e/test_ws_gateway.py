@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.conftest import StartGateway
 from tests.gateway_harness import RunningGateway
 from tests.simulator_harness import RunningSimulator
 
@@ -59,3 +60,20 @@ async def test_a_socket_authenticates_with_server_auth_before_subscribing(
         assert refused["error"] == {"code": 6, "message": "require authentication"}
         assert (await call(ws, "server.auth", [gw.token()], 2))["result"] == {"status": "success"}
         assert (await call(ws, "depth.subscribe", ["BCCBTC", 10, "0"], 3))["error"] is None
+
+
+async def test_shutdown_closes_sockets_with_1001_so_clients_reconnect_elsewhere(
+    sim: RunningSimulator, start_gateway_for: StartGateway
+) -> None:
+    gateway = await start_gateway_for(sim)
+    headers = {"Authorization": f"Bearer {gateway.token()}"}
+    async with gateway.http.ws_connect(gateway.url("/ws"), headers=headers) as ws:
+        assert (await call(ws, "depth.subscribe", ["BCCBTC", 10, "0"], 1))["error"] is None
+        stopping = asyncio.create_task(gateway.server.close())
+        while (message := await asyncio.wait_for(ws.receive(), PATIENCE)).type is \
+                aiohttp.WSMsgType.TEXT:
+            pass
+        await stopping
+    assert (message.type, message.data) == (aiohttp.WSMsgType.CLOSE,
+                                            aiohttp.WSCloseCode.GOING_AWAY)
+    assert message.extra == "the gateway is shutting down"
