@@ -598,3 +598,42 @@ def run_benchmark(
     write_result(name, result)
     print(json.dumps(result, indent=2))
     return 1 if check and missed(result) else 0
+
+
+# --- process and machine figures (/proc) -----------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of ``pid`` (``VmRSS`` in ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine so far, all cores (``/proc/stat``)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Cores the machine kept busy between two ``machine_jiffies`` readings."""
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return round(busy / total * (os.cpu_count() or 1), 3) if total else 0.0
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft open-files limit to its hard limit; the new soft limit."""
+    import resource  # noqa: PLC0415 - Unix only, and only the processes holding many sockets
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft

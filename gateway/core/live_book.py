@@ -240,6 +240,7 @@ def _parse_level(item: object, side: BookSide) -> Level:
     if not isinstance(price_text, str) or not isinstance(amount_text, str):
         raise BookError(f"depth {side.value} level is not a pair of strings")
     price, amount = parse_decimal(price_text), parse_decimal(amount_text)
-    if price is None or amount is None or price <= 0 or amount < 0:
+    # A merged bid bucket can sit at price zero (Expie sends "0e-8" for it): a real level.
+    if price is None or amount is None or price < 0 or amount < 0:
         raise BookError(f"depth {side.value} level {item!r} is not a valid price and amount")
     return price, amount

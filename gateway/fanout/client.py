@@ -46,6 +46,16 @@ class Client:
     def push(self, frame: Frame) -> None:
         self.subscriber.offer(frame)
 
+    def restart(self, frame: Frame) -> None:
+        """Offer a clean snapshot that starts ``frame.view`` afresh (after a reset of the view).
+
+        It replaces whatever of the view is still queued, and it also reaches a client whose
+        view was conflated and found no snapshot to resync with (the view was reset then):
+        without it that view would stay silent for good.
+        """
+        self.subscriber.forget(frame.view)
+        self.subscriber.offer(frame)
+
     def forget(self, view: Hashable) -> None:
         self.subscriber.forget(view)
 

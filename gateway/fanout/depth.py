@@ -7,7 +7,9 @@ book cannot give exactly (a coarse interval whose last bucket may hold levels de
 book knows) gets its own upstream subscription at that very view instead: never a wrong book.
 
 After the upstream connection drops, the book and every stream are reset, so when the feed has
-resubscribed each client receives a ``clean=true`` snapshot before any diff.
+resubscribed each client receives a ``clean=true`` snapshot before any diff. That snapshot
+restarts the view at every client (``Client.restart``), including one whose conflated view found
+nothing to resync with while the view was reset.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class MarketDepth:
         self._clock = clock
         self._shared = _Source(LocalBook(settings.upstream_depth_limit))
         self._views: dict[DepthKey, _View] = {}
+        # Dedicated subscriptions being closed: referenced until done, awaited by ``close``.
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def live(self) -> bool:
@@ -85,6 +89,7 @@ class MarketDepth:
         for view in list(self._views.values()):
             await self._close_own(view)
         self._views.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         if self._shared.feed is not None:
             feed, self._shared.feed = self._shared.feed, None
             await feed.close()
@@ -107,7 +112,9 @@ class MarketDepth:
         if not view.clients:
             del self._views[key]
             if view.own is not None or view.own_start is not None:
-                asyncio.get_running_loop().create_task(self._close_own(view))
+                task = asyncio.get_running_loop().create_task(self._close_own(view))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     def snapshot(self, key: DepthKey) -> Frame | None:
         """A clean frame of the view now, for a late joiner or a client catching up."""
@@ -135,8 +142,12 @@ class MarketDepth:
     def _apply(self, source: _Source, clean: bool, body: dict[str, JsonValue]) -> None:
         try:
             source.book.apply(clean, body)
-        except BookError:
-            logger.warning("depth of %s: a malformed update; resubscribing", self.market)
+        except BookError as exc:
+            # Diffs cannot be applied to a book with a hole: it waits, not live (queries and REST
+            # go to the exchange, views hold still), for the exchange's next clean snapshot.
+            if clean or source.book.live:  # once, not for each diff that follows
+                logger.warning("depth of %s: %s; waiting for the next clean snapshot",
+                               self.market, exc)
             source.book.reset()
             return
         for key, view in list(self._views.items()):
@@ -153,10 +164,15 @@ class MarketDepth:
         if shown is None:
             self._go_own(key, view)
             return
+        fresh = view.stream.current is None  # new or reset: this update is a clean snapshot
         data = view.stream.update(shown, self._clock())
-        if data is not None:
-            frame = Frame(data, Kind.DEPTH, key)
-            for client in view.clients:
+        if data is None:
+            return
+        frame = Frame(data, Kind.DEPTH, key)
+        for client in view.clients:
+            if fresh:
+                client.restart(frame)
+            else:
                 client.push(frame)
 
     def _go_own(self, key: DepthKey, view: _View) -> None:

@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from decimal import Decimal
 from typing import cast
 
@@ -35,9 +35,6 @@ from gateway.ws_settings import WebSocketSettings
 
 logger = logging.getLogger(__name__)
 SUCCESS: JsonValue = {"status": "success"}
-# The engine truncates a depth interval to its money precision (8 decimals for Expie's
-# markets); a finer query interval is left to the exchange rather than guessed here.
-ENGINE_INTERVAL_EXPONENT = -8
 REST_DEPTH_LIMIT = 10
 
 
@@ -65,6 +62,8 @@ class Hub:
         self._locks: dict[str, asyncio.Lock] = {}
         self._lingers: dict[str, asyncio.TimerHandle] = {}
         self._clients: set[Client] = set()
+        # Expiries in flight: referenced until done (the loop keeps only weak references).
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
@@ -79,11 +78,12 @@ class Hub:
         for handle in self._lingers.values():
             handle.cancel()
         self._lingers.clear()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for market in list(self._markets.values()):
             await market.close()
         self._markets.clear()
         if self._ticker is not None:
-            await self._ticker.feed.close()
+            await self._ticker.close()
         if self._session is not None:
             await self._session.close()
 
@@ -176,8 +176,17 @@ class Hub:
     def _start_linger(self, market: str) -> None:
         self._cancel_linger(market)
         loop = asyncio.get_running_loop()
-        self._lingers[market] = loop.call_later(
-            self.settings.linger, lambda: loop.create_task(self._expire(market)))
+        self._lingers[market] = loop.call_later(self.settings.linger, self._linger_over, market)
+
+    def _linger_over(self, market: str) -> None:
+        # This linger is over: a market still in ``_lingers`` when ``_expire`` runs has a newer one.
+        self._lingers.pop(market, None)
+        self._spawn(self._expire(market))
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _cancel_linger(self, market: str) -> None:
         handle = self._lingers.pop(market, None)
@@ -201,11 +210,10 @@ class Hub:
 
     async def _depth_query(self, call: DepthCall) -> JsonValue:
         depth = self._markets.get(call.market)
-        exponent = call.interval.as_tuple().exponent
-        exact = isinstance(exponent, int) and exponent >= ENGINE_INTERVAL_EXPONENT
-        if depth is not None and depth.live and exact:
+        if depth is not None and depth.live and _truncation_proof(call.interval):
             view = depth.query(call.limit, call.interval)
-            if view is not None:
+            # A bid bucket at zero is rendered at the engine's precision ("0e-8"), unknown here.
+            if view is not None and all(price for price, _ in view.bids):
                 return cast(JsonValue, view.to_wire())
         return await self._proxy("depth.query", call)
 
@@ -246,6 +254,17 @@ def _only_on(client: Client, market: str, channel: str) -> bool:
     on = {"depth": {client.depth[0]} if client.depth else set(), "price": set(client.price),
           "deals": set(client.deals)}
     return all(market not in markets for name, markets in on.items() if name != channel)
+
+
+def _truncation_proof(interval: Decimal) -> bool:
+    """Whether the engine's view at ``interval`` is the one computed here, whatever its precision.
+
+    The engine truncates a query's interval to its market's money precision, which the gateway
+    does not know (8 decimals for some markets, 6 for others). Zero and powers of ten come out
+    alike either way: one truncated to zero is finer than any price step, and merging at it
+    changes nothing. Any other interval is asked of the exchange.
+    """
+    return not interval or interval.normalize().as_tuple().digits == (1,)
 
 
 def _params(call: Call) -> list[JsonValue]:

@@ -7,10 +7,16 @@ a price only when it changed numerically (what Expie itself pushes), deals only 
 the newest one seen. A client subscribing to a market already known gets its last price and
 last deals (up to 100, newest first) from here right after its reply, with no upstream round
 trip; for a market nobody watched, the exchange's own initial report reaches it.
+
+While a client's subscription is on its way upstream it receives nothing on that channel: the
+exchange answers a new list with its initial state at once, which would otherwise reach the
+client before its reply. Whatever it missed meanwhile is in what ``initial`` gives it right after
+the reply. A client that leaves is taken off the upstream lists too, in the background.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -21,7 +27,7 @@ from gateway.core.decimals import Style, parse_decimal, render
 from gateway.core.jsonrpc import JsonValue, encode_notification
 from gateway.fanout.client import Client
 from gateway.fanout.subscriber import Frame, Kind
-from gateway.upstream.feed import TickerFeed
+from gateway.upstream.feed import FeedError, TickerFeed
 
 logger = logging.getLogger(__name__)
 DEALS_KEPT = 100
@@ -33,31 +39,45 @@ class Ticker:
                                heartbeat=heartbeat)
         self._watchers: dict[str, dict[str, set[Client]]] = {
             "price": defaultdict(set), "deals": defaultdict(set)}
+        self._joining: dict[str, set[Client]] = {"price": set(), "deals": set()}
         self._prices: dict[str, str] = {}
         self._deals_seen: dict[str, list[dict[str, JsonValue]]] = {}
+        self._syncs: set[asyncio.Task[None]] = set()
 
     async def follow(self, channel: str, client: Client, markets: Iterable[str]) -> None:
-        """``client`` follows exactly ``markets`` on ``channel``; the upstream lists follow."""
-        watchers = self._watchers[channel]
-        for market in (client.price if channel == "price" else client.deals):
-            watchers[market].discard(client)
-            if not watchers[market]:
-                del watchers[market]
+        """``client`` follows exactly ``markets`` on ``channel``; the upstream lists follow.
+
+        Raises ``FeedError`` when the exchange did not take the new lists (they are kept and
+        sent again after a reconnect). Call ``initial`` once the client has its reply.
+        """
+        self._unwatch(channel, client)
         chosen = frozenset(markets)
         for market in chosen:
-            watchers[market].add(client)
+            self._watchers[channel][market].add(client)
         if channel == "price":
             client.price = chosen
         else:
             client.deals = chosen
-        await self.feed.set_markets(set(self._watchers["price"]), set(self._watchers["deals"]))
+        joining = self._joining[channel]
+        joining.add(client)
+        try:
+            await self._send_lists()
+        finally:
+            joining.discard(client)
 
     def leave(self, client: Client) -> None:
-        for channel, watchers in self._watchers.items():
-            for market in (client.price if channel == "price" else client.deals):
-                watchers[market].discard(client)
-                if not watchers[market]:
-                    del watchers[market]
+        """Forget ``client``; the upstream lists shrink in the background if they can."""
+        emptied = [self._unwatch(channel, client) for channel in self._watchers]
+        if any(emptied):
+            task = asyncio.get_running_loop().create_task(self._shrink_lists())
+            self._syncs.add(task)
+            task.add_done_callback(self._syncs.discard)
+
+    async def close(self) -> None:
+        for task in list(self._syncs):
+            task.cancel()
+        await asyncio.gather(*self._syncs, return_exceptions=True)
+        await self.feed.close()
 
     def initial(self, channel: str, client: Client) -> list[Frame]:
         """What Expie pushes right after a subscription: the known state of each market."""
@@ -69,17 +89,41 @@ class Ticker:
         return [_deals_frame(market, list(self._deals_seen[market]))
                 for market in sorted(client.deals) if self._deals_seen.get(market)]
 
+    def _unwatch(self, channel: str, client: Client) -> bool:
+        """Take ``client`` off ``channel``'s watchers; True when a market lost its last one."""
+        watchers, emptied = self._watchers[channel], False
+        for market in (client.price if channel == "price" else client.deals):
+            watchers[market].discard(client)
+            if not watchers[market]:
+                del watchers[market]
+                emptied = True
+        return emptied
+
+    async def _send_lists(self) -> None:
+        # The lists are read here, when sent: a later change never loses to an older list.
+        await self.feed.set_markets(set(self._watchers["price"]), set(self._watchers["deals"]))
+
+    async def _shrink_lists(self) -> None:
+        try:
+            await self._send_lists()
+        except FeedError as exc:  # kept: sent again with the next change or reconnect
+            logger.info("ticker: the smaller market lists were not sent: %s", exc)
+
+    def _push(self, channel: str, market: str, frame: Frame) -> None:
+        joining = self._joining[channel]
+        for client in self._watchers[channel].get(market, ()):
+            if client not in joining:
+                client.push(frame)
+
     def _price(self, market: str, text: str) -> None:
         value = parse_decimal(text)
         previous = self._prices.get(market)
         if value is None or (previous is not None and parse_decimal(previous) == value):
             return
         self._prices[market] = text
-        # A first report of a market reaches only clients that just subscribed to it: it is
-        # their initial state (Expie pushes the stripped form then, which the exchange sent).
-        frame = _price_frame(market, text)
-        for client in self._watchers["price"].get(market, ()):
-            client.push(frame)
+        # A first report of a market answers a new list: its subscribers get it here if it
+        # comes after their reply, else from ``initial`` (the same stripped form either way).
+        self._push("price", market, _price_frame(market, text))
 
     def _deals(self, market: str, deals: Sequence[JsonValue]) -> None:
         seen = self._deals_seen.get(market)
@@ -89,9 +133,7 @@ class Ticker:
         if not fresh:
             return
         self._deals_seen[market] = (fresh + (seen or []))[:DEALS_KEPT]
-        frame = _deals_frame(market, fresh[:DEALS_KEPT])
-        for client in self._watchers["deals"].get(market, ()):
-            client.push(frame)
+        self._push("deals", market, _deals_frame(market, fresh[:DEALS_KEPT]))
 
 
 def _deal_id(deal: dict[str, JsonValue]) -> int:

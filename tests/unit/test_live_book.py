@@ -188,7 +188,7 @@ def test_a_book_is_live_from_its_first_snapshot_until_reset() -> None:
         {"asks": [["abc", "1"]]},
         {"asks": [["NaN", "1"]]},
         {"asks": [["1", "-1"]]},
-        {"asks": [["0", "1"]]},
+        {"asks": [["-0.1", "1"]]},
         {"bids": [["1", "1"]], "asks": [["2", "1"], "bad"]},
     ],
 )
