@@ -218,6 +218,16 @@ class Hub:
         return await self._proxy("depth.query", call)
 
     async def _proxy(self, method: str, call: Call) -> JsonValue:
+        """``price.query`` and ``deals.query`` from the ticker's state when it is exact there,
+        else (and every other query) from the exchange over the shared connection."""
+        ticker = self._ticker_of()
+        local: JsonValue = None
+        if isinstance(call, MarketCall) and method == "price.query":
+            local = ticker.price_query(call.market)
+        elif isinstance(call, DealsQuery):
+            local = ticker.deals_query(call.market, call.limit, call.last_id)
+        if local is not None:
+            return local
         try:
             return await self._ticker_of().feed.request(method, _params(call))
         except FeedError as exc:

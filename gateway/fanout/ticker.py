@@ -36,12 +36,17 @@ DEALS_KEPT = 100
 class Ticker:
     def __init__(self, url: str, session: aiohttp.ClientSession, heartbeat: float) -> None:
         self.feed = TickerFeed(url, session, on_price=self._price, on_deals=self._deals,
-                               heartbeat=heartbeat)
+                               on_lost=self._lost, heartbeat=heartbeat)
         self._watchers: dict[str, dict[str, set[Client]]] = {
             "price": defaultdict(set), "deals": defaultdict(set)}
         self._joining: dict[str, set[Client]] = {"price": set(), "deals": set()}
         self._prices: dict[str, str] = {}
         self._deals_seen: dict[str, list[dict[str, JsonValue]]] = {}
+        # Markets whose state here is current enough to answer a query as the exchange would:
+        # a price that came as a change (the exchange's unstripped price.query form, which a
+        # first report is not), deals unbroken since the connection last came up.
+        self._price_exact: set[str] = set()
+        self._deals_whole: set[str] = set()
         self._syncs: set[asyncio.Task[None]] = set()
 
     async def follow(self, channel: str, client: Client, markets: Iterable[str]) -> None:
@@ -120,12 +125,25 @@ class Ticker:
         previous = self._prices.get(market)
         if value is None or (previous is not None and parse_decimal(previous) == value):
             return
+        if previous is not None:
+            self._price_exact.add(market)
         self._prices[market] = text
         # A first report of a market answers a new list: its subscribers get it here if it
         # comes after their reply, else from ``initial`` (the same stripped form either way).
         self._push("price", market, _price_frame(market, text))
 
     def _deals(self, market: str, deals: Sequence[JsonValue]) -> None:
+        if market not in self._deals_whole:
+            # The first report since the connection came up is the exchange's newest deals:
+            # start the kept list from it, so no gap left by an outage hides in it.
+            self._deals_whole.add(market)
+            known = {_deal_id(deal) for deal in self._deals_seen.get(market, [])}
+            reported = [deal for deal in deals if isinstance(deal, dict)]
+            self._deals_seen[market] = reported[:DEALS_KEPT]
+            news = [deal for deal in reported if _deal_id(deal) not in known]
+            if news:
+                self._push("deals", market, _deals_frame(market, news[:DEALS_KEPT]))
+            return
         seen = self._deals_seen.get(market)
         newest = _deal_id(seen[0]) if seen else None
         fresh = [deal for deal in deals if isinstance(deal, dict)
@@ -134,6 +152,27 @@ class Ticker:
             return
         self._deals_seen[market] = (fresh + (seen or []))[:DEALS_KEPT]
         self._push("deals", market, _deals_frame(market, fresh[:DEALS_KEPT]))
+
+
+    def price_query(self, market: str) -> str | None:
+        """``price.query`` from here, when the market is followed and its price exact."""
+        if self.feed.connected and market in self._watchers["price"] \
+                and market in self._price_exact:
+            return self._prices[market]
+        return None
+
+    def deals_query(self, market: str, limit: int, last_id: int) -> list[JsonValue] | None:
+        """``deals.query`` from here: the newest ``limit`` deals newer than ``last_id``, when
+        the market is followed and the kept deals reach that far back."""
+        kept = self._deals_seen.get(market, [])
+        if not (self.feed.connected and market in self._watchers["deals"]
+                and market in self._deals_whole and len(kept) >= limit):
+            return None
+        return [deal for deal in kept[:limit] if _deal_id(deal) > last_id]
+
+    def _lost(self) -> None:
+        self._price_exact.clear()
+        self._deals_whole.clear()
 
 
 def _deal_id(deal: dict[str, JsonValue]) -> int:

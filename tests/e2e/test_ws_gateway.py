@@ -77,3 +77,26 @@ async def test_shutdown_closes_sockets_with_1001_so_clients_reconnect_elsewhere(
     assert (message.type, message.data) == (aiohttp.WSMsgType.CLOSE,
                                             aiohttp.WSCloseCode.GOING_AWAY)
     assert message.extra == "the gateway is shutting down"
+
+
+async def test_followed_price_and_deals_queries_answer_as_the_exchange_does(
+    sim: RunningSimulator, gw: RunningGateway
+) -> None:
+    headers = {"Authorization": f"Bearer {gw.token()}"}
+    async with gw.http.ws_connect(gw.url("/ws"), headers=headers) as ws, \
+            gw.http.ws_connect(sim.ws_url()) as exchange:
+        assert (await call(ws, "price.subscribe", ["BCCBTC"], 1))["error"] is None
+        assert (await call(ws, "deals.subscribe", ["BCCBTC"], 2))["error"] is None
+        for price in ("0.2", "0.21"):  # two trades: the second price arrives as a change
+            await sim.place("BCCBTC", 1, "1", price)
+            await sim.place("BCCBTC", 2, "1", price, account="desk-beta")
+            while (await receive(ws))["method"] != "price.update":
+                pass
+        for request_id, (method, params) in enumerate(
+                [("price.query", ["BCCBTC"]), ("deals.query", ["BCCBTC", 2, 0]),
+                 ("deals.query", ["BCCBTC", 1, 0])], start=10):
+            ours = await call(ws, method, params, request_id)
+            while ours.get("id") != request_id:  # pushes may come first
+                ours = await receive(ws)
+            theirs = await call(exchange, method, params, request_id)
+            assert ours == theirs
