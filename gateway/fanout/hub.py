@@ -67,7 +67,8 @@ class Hub:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
-        self._ticker = Ticker(self._url, self._session, self.settings.heartbeat)
+        self._ticker = Ticker(self._url, self._session, self.settings.heartbeat,
+                              self.settings.linger)
         self._ticker.feed.start()
 
     async def shutdown(self, code: int, reason: str) -> None:

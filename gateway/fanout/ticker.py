@@ -6,7 +6,8 @@ the exchange push its initial state for every market again, what reaches clients
 a price only when it changed numerically (what Expie itself pushes), deals only when newer than
 the newest one seen. A client subscribing to a market already known gets its last price and
 last deals (up to 100, newest first) from here right after its reply, with no upstream round
-trip; for a market nobody watched, the exchange's own initial report reaches it.
+trip; for a market nobody watched, the exchange's own initial report reaches it. A market
+nobody follows any more stays in the upstream lists for ``ws.linger`` seconds, as depth does.
 
 While a client's subscription is on its way upstream it receives nothing on that channel: the
 exchange answers a new list with its initial state at once, which would otherwise reach the
@@ -34,7 +35,13 @@ DEALS_KEPT = 100
 
 
 class Ticker:
-    def __init__(self, url: str, session: aiohttp.ClientSession, heartbeat: float) -> None:
+    def __init__(
+        self, url: str, session: aiohttp.ClientSession, heartbeat: float, linger: float
+    ) -> None:
+        self._linger = linger
+        # Markets nobody follows any more, kept in the upstream lists until the linger ends,
+        # so churn does not resend the lists: channel -> market -> when it may go.
+        self._lingering: dict[str, dict[str, float]] = {"price": {}, "deals": {}}
         self.feed = TickerFeed(url, session, on_price=self._price, on_deals=self._deals,
                                on_lost=self._lost, heartbeat=heartbeat)
         self._watchers: dict[str, dict[str, set[Client]]] = {
@@ -59,6 +66,7 @@ class Ticker:
         chosen = frozenset(markets)
         for market in chosen:
             self._watchers[channel][market].add(client)
+            self._lingering[channel].pop(market, None)
         if channel == "price":
             client.price = chosen
         else:
@@ -72,8 +80,17 @@ class Ticker:
 
     def leave(self, client: Client) -> None:
         """Forget ``client``; the upstream lists shrink in the background if they can."""
-        emptied = [self._unwatch(channel, client) for channel in self._watchers]
-        if any(emptied):
+        for channel in self._watchers:
+            self._unwatch(channel, client)
+
+    def _linger_over(self) -> None:
+        now = asyncio.get_running_loop().time()
+        ended = False
+        for lingering in self._lingering.values():
+            for market in [m for m, until in lingering.items() if until <= now]:
+                del lingering[market]
+                ended = True
+        if ended:
             task = asyncio.get_running_loop().create_task(self._shrink_lists())
             self._syncs.add(task)
             task.add_done_callback(self._syncs.discard)
@@ -94,19 +111,24 @@ class Ticker:
         return [_deals_frame(market, list(self._deals_seen[market]))
                 for market in sorted(client.deals) if self._deals_seen.get(market)]
 
-    def _unwatch(self, channel: str, client: Client) -> bool:
-        """Take ``client`` off ``channel``'s watchers; True when a market lost its last one."""
+    def _unwatch(self, channel: str, client: Client) -> None:
+        """Take ``client`` off ``channel``'s watchers; a market that lost its last one lingers."""
         watchers, emptied = self._watchers[channel], False
+        until = asyncio.get_running_loop().time() + self._linger
         for market in (client.price if channel == "price" else client.deals):
             watchers[market].discard(client)
             if not watchers[market]:
                 del watchers[market]
+                self._lingering[channel][market] = until
                 emptied = True
-        return emptied
+        if emptied:
+            asyncio.get_running_loop().call_later(self._linger, self._linger_over)
 
     async def _send_lists(self) -> None:
         # The lists are read here, when sent: a later change never loses to an older list.
-        await self.feed.set_markets(set(self._watchers["price"]), set(self._watchers["deals"]))
+        price, deals = (set(self._watchers[name]) | set(self._lingering[name])
+                        for name in ("price", "deals"))
+        await self.feed.set_markets(price, deals)
 
     async def _shrink_lists(self) -> None:
         try:

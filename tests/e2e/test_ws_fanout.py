@@ -288,7 +288,7 @@ async def test_a_price_subscriber_gets_its_reply_then_the_price_once_and_leaves_
     direct = await sockets.direct(sim)  # the exchange now knows the price to push at once
     assert (await direct.call("price.subscribe", [MARKET]))["error"] is None
     await until(lambda: "price.update" in direct.log)
-    gw = await gateway(sim, start_gateway_for)
+    gw = await gateway(sim, start_gateway_for, linger=0.3)
     client = await sockets.gateway(gw)
     assert (await client.call("price.subscribe", [MARKET]))["error"] is None
     await until(lambda: "price.update" in client.log)
@@ -298,7 +298,7 @@ async def test_a_price_subscriber_gets_its_reply_then_the_price_once_and_leaves_
     assert (await sim.stats())["subscriptions"]["price"] == {MARKET: 2}
     await client.close()
 
-    async def unsubscribed() -> bool:
+    async def unsubscribed() -> bool:  # once the linger is over
         counts: dict[str, int] = (await sim.stats())["subscriptions"]["price"]
         return counts == {MARKET: 1}  # the direct client's
 

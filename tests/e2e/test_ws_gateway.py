@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
 import aiohttp
 
 from tests.conftest import StartGateway
-from tests.gateway_harness import RunningGateway
+from tests.gateway_harness import RunningGateway, gateway_settings
 from tests.simulator_harness import RunningSimulator
+from tests.waiting import eventually
 
 PATIENCE = 5.0  # bounds each wait for a frame; it measures nothing
 
@@ -100,3 +102,22 @@ async def test_followed_price_and_deals_queries_answer_as_the_exchange_does(
                 ours = await receive(ws)
             theirs = await call(exchange, method, params, request_id)
             assert ours == theirs
+
+
+async def test_a_price_market_nobody_follows_lingers_upstream_before_it_is_dropped(
+    sim: RunningSimulator, start_gateway_for: StartGateway
+) -> None:
+    settings = gateway_settings(sim)
+    gateway = await start_gateway_for(sim, settings=dataclasses.replace(
+        settings, ws=dataclasses.replace(settings.ws, linger=1.0)))
+    headers = {"Authorization": f"Bearer {gateway.token()}"}
+    async with gateway.http.ws_connect(gateway.url("/ws"), headers=headers) as ws:
+        assert (await call(ws, "price.subscribe", ["BCCBTC", "BTGBTC"], 1))["error"] is None
+        assert (await call(ws, "price.subscribe", ["BCCBTC"], 2))["error"] is None
+        # Within the linger, the upstream list still holds the market nobody follows.
+        assert (await sim.stats())["subscriptions"]["price"] == {"BCCBTC": 1, "BTGBTC": 1}
+
+        async def dropped() -> bool:
+            return (await sim.stats())["subscriptions"]["price"] == {"BCCBTC": 1}
+
+        assert await eventually(dropped, PATIENCE)
