@@ -188,9 +188,11 @@ def write_gateway_config(
     extra: Mapping[str, object] | None = None,
 ) -> Path:
     """A gateway config for this run: a fresh key, the simulator accounts' tokens in files,
-    ``config/users.example.yaml``, no Redis; ``extra`` adds or replaces top-level sections
-    (``{"redis": {...}}``). Written to ``directory/<name>.yaml``; the key and token files are
-    shared by every config written to ``directory``."""
+    ``config/users.example.yaml``, no Redis, the audit file (used without Redis) in
+    ``directory`` rather than the repository, so gateways of different runs never share its
+    lock; ``extra`` adds or replaces top-level sections (``{"redis": {...}}``). Written to
+    ``directory/<name>.yaml``; the key and token files are shared by every config written to
+    ``directory``."""
     key = directory / "bench-key.pem"
     if not key.exists():
         gateway_cli("keys", "generate", "--kid", "bench-key", "--out", key)
@@ -209,6 +211,7 @@ def write_gateway_config(
         "users": {"file": str(USERS_FILE)},
         "accounts": accounts,
         "logging": {"level": "WARNING"},
+        "audit": {"file": str(directory / f"{name}-audit.jsonl")},
         **(extra or {}),
     }), encoding="utf-8")
     return config

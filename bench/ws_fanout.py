@@ -560,10 +560,8 @@ def workers(args: argparse.Namespace, sim_port: int) -> Iterator[tuple[list[Work
 @contextlib.contextmanager
 def deploy(args: argparse.Namespace, directory: Path) -> Iterator[Deployment]:
     sim_port, gw_port = free_port(), free_port()
-    # Its own audit file: the repository's var/audit.jsonl may be locked by a running gateway.
     config = write_gateway_config(directory, gw_port, sim_port, extra={
-        "ws": {"max_connections_per_user": 100_000},
-        "audit": {"backend": "file", "file": str(directory / "audit.jsonl")}})
+        "ws": {"max_connections_per_user": 100_000}})
     bearer = {"Authorization": f"Bearer {issue_token(config, USER, 'market:read')}"}
     upstream = {"Authorization": f"Bearer {simulator_accounts()[0][1]}"}
     command = [*simulator_command(sim_port, 0.0), "--push-interval", str(args.push_interval)]
