@@ -18,15 +18,27 @@ class ReadLimits:
     def __init__(self, store: RateLimitStore, directory: UserDirectory) -> None:
         self._store = store
         self._directory = directory
+        # The checks of each (user, market data?), built once: this runs on every read.
+        self._checks: dict[tuple[str, bool], tuple[LimitCheck, str] | None] = {}
 
     async def admit(self, principal: Principal, market_data: bool) -> None:
         """Raises ``RateLimited`` when ``principal`` is over its read limit."""
-        user = self._directory.get(principal.user_id)
-        if user is None:
+        key = (principal.user_id, market_data)
+        if key not in self._checks:
+            self._checks[key] = self._build(*key)
+        built = self._checks[key]
+        if built is None:
             return
+        check, what = built
+        decision = await self._store.acquire((check,))
+        if not decision.allowed:
+            raise to_error(decision, what)
+
+    def _build(self, user_id: str, market_data: bool) -> tuple[LimitCheck, str] | None:
+        user = self._directory.get(user_id)
+        if user is None:
+            return None
         kind, policy = (("market_data", user.limits.market_data) if market_data
                         else ("read", user.limits.read))
-        decision = await self._store.acquire(
-            (LimitCheck(f"user:{principal.user_id}:{kind}", Limit(policy.count, policy.window)),))
-        if not decision.allowed:
-            raise to_error(decision, f"{kind.replace('_', '-')} limit of user {principal.user_id}")
+        check = LimitCheck(f"user:{user_id}:{kind}", Limit(policy.count, policy.window))
+        return check, f"{kind.replace('_', '-')} limit of user {user_id}"
