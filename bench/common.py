@@ -183,6 +183,9 @@ def gateway_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
 
 
+UNLIMITED = {"count": 100_000_000, "window": 1}
+
+
 def write_gateway_config(
     directory: Path, port: int, upstream_port: int, *, name: str = "gateway",
     extra: Mapping[str, object] | None = None,
@@ -190,9 +193,10 @@ def write_gateway_config(
     """A gateway config for this run: a fresh key, the simulator accounts' tokens in files,
     ``config/users.example.yaml``, no Redis, the audit file (used without Redis) in
     ``directory`` rather than the repository, so gateways of different runs never share its
-    lock; ``extra`` adds or replaces top-level sections (``{"redis": {...}}``). Written to
-    ``directory/<name>.yaml``; the key and token files are shared by every config written to
-    ``directory``."""
+    lock, and per-user read limits far above any load here (a benchmark measures what a request
+    costs, not how fast one user is refused); ``extra`` adds or replaces top-level sections
+    (``{"redis": {...}}``). Written to ``directory/<name>.yaml``; the key and token files are
+    shared by every config written to ``directory``."""
     key = directory / "bench-key.pem"
     if not key.exists():
         gateway_cli("keys", "generate", "--kid", "bench-key", "--out", key)
@@ -212,6 +216,7 @@ def write_gateway_config(
         "accounts": accounts,
         "logging": {"level": "WARNING"},
         "audit": {"file": str(directory / f"{name}-audit.jsonl")},
+        "orders": {"limits": {"read": UNLIMITED, "market_data": UNLIMITED}},
         **(extra or {}),
     }), encoding="utf-8")
     return config

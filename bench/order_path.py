@@ -302,7 +302,7 @@ def gateway_extra(redis_url: str, prefix: str) -> dict[str, object]:
     return {
         "redis": {"url": redis_url, "key_prefix": prefix},
         "audit": {"backend": "redis"},
-        "orders": {"limits": {"place": high, "cancel": high},
+        "orders": {"limits": {"place": high, "cancel": high, "read": high, "market_data": high},
                    "account_limits": {"place": high, "cancel": high},
                    "pacing": {"rate": 0}},
     }

@@ -144,7 +144,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     app[WS_USERS] = Counter()
     app[MARKET_DATA] = MarketData(app[UPSTREAM], stores.market_cache, settings.cache, clock,
                                   live_depth=hub)
-    app[READ_LIMITS] = ReadLimits(MemoryRateLimitStore(), directory)
+    app[READ_LIMITS] = ReadLimits(directory)
     _setup_order_desk(app, settings, stores, directory, clock)
     app.cleanup_ctx.append(_stores_lifetime(stores))
     app.cleanup_ctx.append(_upstream_lifetime)

@@ -1,44 +1,64 @@
 """Per-user limits on reads: order and balance reads, and market data (looser, and hotter).
 
-They protect the gateway and the exchange from one runaway reader. They are kept in this process
-(``MemoryRateLimitStore``), not in Redis: a shared decision would cost a Redis round trip on the
-cache-served market-data path, which answers in tens of microseconds. With N replicas behind a
-balancer, a user can therefore read up to N times its limit; order calls are the ones limited
-cluster-wide.
+They protect the gateway and the exchange from one runaway reader. They are kept in this process,
+not in Redis: a shared decision would cost a Redis round trip on the cache-served market-data
+path, which answers in tens of microseconds. With N replicas behind a balancer, a user can
+therefore read up to N times its limit; order calls are the ones limited cluster-wide.
+
+For the same reason they count in fixed windows (a counter per user and kind, no per-request
+record): a burst straddling two windows can reach twice the limit, which a protective limit
+can afford; the exact sliding windows are kept for order calls.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from gateway.auth.users import UserDirectory
 from gateway.core.principal import Principal
-from gateway.stores.rate_limits import Limit, LimitCheck, RateLimitStore, to_error
+from gateway.errors import RateLimited
+
+
+@dataclass(slots=True)
+class _Window:
+    what: str
+    count: int
+    length: float
+    started: float = -float("inf")
+    used: int = 0
 
 
 class ReadLimits:
-    def __init__(self, store: RateLimitStore, directory: UserDirectory) -> None:
-        self._store = store
+    def __init__(
+        self, directory: UserDirectory, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._directory = directory
-        # The checks of each (user, market data?), built once: this runs on every read.
-        self._checks: dict[tuple[str, bool], tuple[LimitCheck, str] | None] = {}
+        self._clock = clock
+        self._windows: dict[tuple[str, bool], _Window | None] = {}
 
-    async def admit(self, principal: Principal, market_data: bool) -> None:
+    def admit(self, principal: Principal, market_data: bool) -> None:
         """Raises ``RateLimited`` when ``principal`` is over its read limit."""
         key = (principal.user_id, market_data)
-        if key not in self._checks:
-            self._checks[key] = self._build(*key)
-        built = self._checks[key]
-        if built is None:
+        if key not in self._windows:
+            self._windows[key] = self._window(*key)
+        window = self._windows[key]
+        if window is None:
             return
-        check, what = built
-        decision = await self._store.acquire((check,))
-        if not decision.allowed:
-            raise to_error(decision, what)
+        now = self._clock()
+        if now - window.started >= window.length:
+            window.started, window.used = now, 0
+        if window.used >= window.count:
+            wait = window.started + window.length - now
+            raise RateLimited(f"{window.what}: {window.count} per {window.length:g} s",
+                              limit=window.count, retry_after=wait, reset_after=wait)
+        window.used += 1
 
-    def _build(self, user_id: str, market_data: bool) -> tuple[LimitCheck, str] | None:
+    def _window(self, user_id: str, market_data: bool) -> _Window | None:
         user = self._directory.get(user_id)
         if user is None:
             return None
-        kind, policy = (("market_data", user.limits.market_data) if market_data
+        kind, policy = (("market-data", user.limits.market_data) if market_data
                         else ("read", user.limits.read))
-        check = LimitCheck(f"user:{user_id}:{kind}", Limit(policy.count, policy.window))
-        return check, f"{kind.replace('_', '-')} limit of user {user_id}"
+        return _Window(f"{kind} limit of user {user_id}", policy.count, policy.window)

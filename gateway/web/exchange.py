@@ -60,7 +60,7 @@ def exchange_handler(route: ExchangeRoute) -> Handler:
     market_data = route.cached is not None
 
     async def checked(request: web.Request) -> web.StreamResponse:
-        await request.app[READ_LIMITS].admit(request[PRINCIPAL], market_data)
+        request.app[READ_LIMITS].admit(request[PRINCIPAL], market_data)
         check_query(request, route.query)
         order_id = request.match_info.get("order_id")
         if order_id is not None and not order_id.isdigit():
