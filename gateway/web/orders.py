@@ -11,11 +11,19 @@ from __future__ import annotations
 import re
 import secrets
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from gateway.core.forwarded import client_address
 from gateway.core.principal import Scope
 from gateway.errors import BadRequest, GatewayError
-from gateway.keys import ACCOUNT_TOKENS, ORDER_DESK, ORDER_VIEWS, PRINCIPAL, REQUEST_ID
+from gateway.keys import (
+    ACCOUNT_TOKENS,
+    ORDER_DESK,
+    ORDER_VIEWS,
+    PRINCIPAL,
+    REQUEST_ID,
+    SETTINGS,
+)
 from gateway.services.call_context import CallContext
 from gateway.services.order_desk import DeskAnswer
 from gateway.services.order_views import Page
@@ -107,7 +115,10 @@ def call_context(request: web.Request) -> CallContext:
     principal = request.get(PRINCIPAL)
     match = _TRACEPARENT.match(request.headers.get("traceparent", ""))
     trace_id = match.group(1) if match and match.group(1) != _NO_TRACE else secrets.token_hex(16)
-    return CallContext(principal, request[REQUEST_ID], trace_id, request.remote,
+    client = client_address(request.remote, request.headers.get(hdrs.FORWARDED),
+                            request.headers.get(hdrs.X_FORWARDED_FOR),
+                            request.app[SETTINGS].server.trusted_proxies)
+    return CallContext(principal, request[REQUEST_ID], trace_id, client,
                        request.headers.get("User-Agent"))
 
 

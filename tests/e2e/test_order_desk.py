@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -533,3 +534,29 @@ async def test_finished_lists_are_each_users_own_after_fills(
     finished = await listing(gateway, "desk-viewer", "_finished", limit=100)
     assert ids(finished) == sorted(filled["alice"] + filled["bob"], reverse=True)
     assert (await listing(gateway, "desk-viewer", "_pending", limit=100))["total"] == 11
+
+
+# --- the client address behind a proxy ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("trusted", "expected"), [
+    (("127.0.0.0/8",), "203.0.113.7"),
+    ((), "127.0.0.1"),
+    (("10.0.0.0/8",), "127.0.0.1"),
+], ids=["from-a-trusted-proxy", "no-proxy-trusted", "peer-not-a-trusted-proxy"])
+async def test_the_audit_names_the_client_behind_a_trusted_proxy_only(
+    sim: RunningSimulator, start_gateway_for: StartGateway, trusted: tuple[str, ...],
+    expected: str,
+) -> None:
+    base = gateway_settings(sim)
+    proxies = tuple(ipaddress.ip_network(cidr) for cidr in trusted)
+    settings = dataclasses.replace(
+        base, server=dataclasses.replace(base.server, trusted_proxies=proxies))
+    gateway = await start_desk(sim, start_gateway_for, None, settings=settings)
+    for headers in ({"X-Forwarded-For": "6.6.6.6, 203.0.113.7"},
+                    {"Forwarded": 'for="203.0.113.7:4711";proto=https'}):
+        status, _, _ = await gateway.call("POST", ORDERS, gateway.token("demo-trader"),
+                                          data=sell(), headers=headers)
+        assert status == 200
+    intents = await audit_events(gateway, kind="intent")
+    assert [event["client"] for event in intents] == [expected, expected]
