@@ -18,7 +18,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from gateway.auth.authenticator import Authenticator
-from gateway.auth.credentials import load_account_tokens, load_keyring
+from gateway.auth.credentials import load_account_tokens, load_keyring, redis_password
 from gateway.auth.external import ExternalIssuer, ExternalIssuers
 from gateway.auth.grants import ClientCredentialsGrant
 from gateway.auth.secret import Secret
@@ -37,6 +37,7 @@ from gateway.keys import (
     JWKS_BODY,
     KEYRING,
     KILL_SWITCHES,
+    LIFECYCLE,
     MARKET_DATA,
     ORDER_DESK,
     ORDER_VIEWS,
@@ -47,6 +48,7 @@ from gateway.keys import (
     UPSTREAM,
     WS_USERS,
 )
+from gateway.lifecycle import Lifecycle
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.kill_switches import KillSwitches
 from gateway.services.market_data import MarketData
@@ -129,6 +131,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     app = web.Application()
     app[SETTINGS] = settings
     app[CLOCK] = clock
+    app[LIFECYCLE] = Lifecycle()
     app[KEYRING] = keyring
     app[JWKS_BODY] = json.dumps(keyring.jwks()).encode()
     app[ACCOUNT_TOKENS] = tokens
@@ -225,7 +228,8 @@ class _Stores:
 
 def _stores(settings: Settings, given: Overrides, clock: Callable[[], float]) -> _Stores:
     url, prefix = settings.redis.url, settings.redis.key_prefix
-    client = connect_redis(url, settings.redis.max_connections) if url else None
+    client = (connect_redis(url, settings.redis.max_connections,
+                           password=redis_password(settings.redis)) if url else None)
     revocations = given.revocations or (
         RedisRevocationStore(client, prefix, clock, settings.redis.revocation_sync_interval)
         if client else MemoryRevocationStore(clock))

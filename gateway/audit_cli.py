@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from gateway.auth.credentials import redis_password
 from gateway.core.audit_chain import AuditRecord
 from gateway.core.mapping_reader import ConfigError
 from gateway.errors import GatewayError
@@ -152,7 +153,7 @@ async def _with_log(settings: Settings, args: argparse.Namespace, action: Action
     if url is None and read_only and not settings.audit.file.exists():
         # Most likely a wrong path or working directory: say so rather than export nothing.
         raise AuditCommandError(f"no audit log at {settings.audit.file} (audit.file)")
-    client = connect_redis(url) if url else None
+    client = connect_redis(url, password=redis_password(settings.redis)) if url else None
     try:
         log = open_audit_log(settings, client, read_only=read_only)
         await log.start()

@@ -20,7 +20,7 @@ from pathlib import Path
 from gateway import __version__
 from gateway.audit_cli import AUDIT_HANDLERS, add_audit_commands
 from gateway.auth.authenticator import user_cutoff
-from gateway.auth.credentials import load_account_tokens, load_keyring
+from gateway.auth.credentials import load_account_tokens, load_keyring, redis_password
 from gateway.auth.passwords import generate_client_secret, hash_secret
 from gateway.auth.signing import (
     Algorithm,
@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(commands.add_parser("serve", help="run the gateway"))
     _with_config(commands.add_parser("check-config", help="validate the settings and exit"))
     demo = commands.add_parser("demo", help="run the simulator and the gateway together")
-    demo.add_argument("--port", type=int, default=8080, help="gateway port (loopback)")
-    demo.add_argument("--sim-port", type=int, default=8081, help="simulator port (loopback)")
+    demo.add_argument("--port", type=port_number, default=8080, help="gateway port (loopback)")
+    demo.add_argument("--sim-port", type=port_number, default=8081,
+                      help="simulator port (loopback)")
     _token_commands(commands.add_parser("token", help="issue or revoke gateway tokens"))
     _user_commands(commands.add_parser("users", help="list users, hash client secrets"))
     keys = commands.add_parser("keys", help="signing keys").add_subparsers(
@@ -171,7 +172,7 @@ def revoke_token(args: argparse.Namespace) -> int:
 async def revoke_in_redis(settings: Settings, *, jti: str | None, user: str | None) -> None:
     """Write the revocation where every replica reads it; they refuse it within a second."""
     assert settings.redis.url is not None
-    client = connect_redis(settings.redis.url)
+    client = connect_redis(settings.redis.url, password=redis_password(settings.redis))
     store = RedisRevocationStore(client, settings.redis.key_prefix)
     now = time.time()
     keep_until = now + settings.auth.max_token_ttl + settings.auth.leeway
@@ -229,6 +230,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
     demo(gateway_port=args.port, simulator_port=args.sim_port)
     return 0
+
+
+def port_number(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
+    return int(text)
 
 
 def parse_duration(text: str) -> float:

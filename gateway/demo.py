@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import signal
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from gateway.auth.secret import Secret
 from gateway.auth.signing import KeyRing, generate_signing_key
 from gateway.auth.tokens import TokenIssuer
 from gateway.core.principal import ALL_SCOPES, Scope, format_scopes
-from gateway.server import new_event_loop
+from gateway.server import ListenFailed, listen, new_event_loop
 from gateway.settings import Settings, UpstreamSettings, load_settings
 from simulator.app import create_app as create_simulator
 from simulator.config import SimConfig, load_config
@@ -29,6 +30,7 @@ SIMULATOR_CONFIG = Path("config/simulator.yaml")
 DEMO_USER = "demo-trader"
 DEMO_SECRET = "demo-trader-secret-2026"  # matches the example hash in config/users.example.yaml
 ACTIVITY = 20.0
+LOOPBACK = "127.0.0.1"
 
 
 def run_demo(gateway_port: int, simulator_port: int) -> None:
@@ -45,10 +47,11 @@ async def _serve(gateway_port: int, simulator_port: int) -> None:
     keyring = KeyRing(generate_signing_key(f"demo-{int(time.time())}"), [])
     tokens = {account.name: Secret(account.token) for account in sim_config.accounts}
     runners = [await _start(create_simulator(sim_config, seed=1, activity=ACTIVITY),
-                            simulator_port)]
+                            simulator_port, "SIM_PORT")]
     try:
         runners.append(await _start(
-            create_app(settings, Overrides(keyring=keyring, account_tokens=tokens)), gateway_port))
+            create_app(settings, Overrides(keyring=keyring, account_tokens=tokens)), gateway_port,
+            "PORT"))
     except BaseException:
         await runners[0].cleanup()
         raise
@@ -74,10 +77,14 @@ def _demo_settings(gateway_port: int, simulator_port: int) -> Settings:
     return dataclasses.replace(settings, server=server, upstream=upstream)
 
 
-async def _start(app: web.Application, port: int) -> web.AppRunner:
+async def _start(app: web.Application, port: int, setting: str) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await listen(runner, LOOPBACK, port)
+    except ListenFailed as exc:
+        await runner.cleanup()
+        raise ListenFailed(f"{exc.message} (pick another: make demo {setting}=...)") from None
     return runner
 
 
@@ -118,5 +125,5 @@ def banner(
         f"  curl -s -u {DEMO_USER}:{DEMO_SECRET} -d grant_type=client_credentials "
         f"-d scope=market:read {gateway}/auth/token",
         "",
-        "Ctrl-C stops both.",
+        f"Ctrl-C (or kill {os.getpid()}) stops both.",
     ])

@@ -13,6 +13,7 @@ from gateway.auth.secret import Secret
 from gateway.auth.signing import KeyRing
 from gateway.core.principal import Principal
 from gateway.fanout.hub import Hub
+from gateway.lifecycle import Lifecycle
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.kill_switches import KillSwitches
 from gateway.services.market_data import MarketData
@@ -39,6 +40,7 @@ KILL_SWITCHES = web.AppKey("kill_switches", KillSwitches)
 AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
 READ_LIMITS = web.AppKey("read_limits", ReadLimits)
 FANOUT = web.AppKey("fanout", Hub)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 # Open WebSocket connections per user (the per-user connection limit).
 WS_USERS: web.AppKey[Counter[str]] = web.AppKey("ws_users")
 ACCOUNT_TOKENS: web.AppKey[Mapping[str, Secret]] = web.AppKey("account_tokens")

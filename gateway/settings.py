@@ -8,6 +8,7 @@ Every key is documented in ``config/gateway.yaml``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from gateway.core.forwarded import Network
 from gateway.core.mapping_reader import ConfigError, MappingReader
 from gateway.order_settings import OrderSettings, parse_orders
 from gateway.ws_settings import WebSocketSettings, parse_ws
@@ -34,11 +36,19 @@ class SecretRef:
     file: Path | None = None
 
 
+# Every interface, as a container must listen; the demo and the tests pass loopback.
+ANY_ADDRESS = "0.0.0.0"
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    host: str = "127.0.0.1"
+    """Where the gateway listens and how it leaves: see ``gateway.server`` for the drain."""
+
+    host: str = ANY_ADDRESS
     port: int = 8080
+    drain_delay: float = 5.0
     shutdown_timeout: float = 10.0
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +116,7 @@ class AccountSettings:
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
     url: str | None = None
+    password: SecretRef | None = None
     key_prefix: str = "expie-gw:"
     max_connections: int = 64
     revocation_sync_interval: float = 0.25
@@ -236,12 +247,25 @@ def parse_settings(data: object) -> Settings:
 
 def _server(section: MappingReader) -> ServerSettings:
     settings = ServerSettings(
-        host=section.text("host", "127.0.0.1"),
-        port=section.integer("port", 8080, minimum=0),
+        host=section.text("host", ANY_ADDRESS),
+        port=section.integer("port", 8080, minimum=1, maximum=65535),
+        drain_delay=section.number("drain_delay", 5.0, allow_zero=True),
         shutdown_timeout=section.number("shutdown_timeout", 10.0),
+        trusted_proxies=_networks(section, "trusted_proxies"),
     )
     section.done()
     return settings
+
+
+def _networks(section: MappingReader, name: str) -> tuple[Network, ...]:
+    networks = []
+    for text in section.text_list(name, []):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ConfigError(f"{section.key(name)}: {text!r} is not an address or a CIDR "
+                              "range") from None
+    return tuple(networks)
 
 
 def _upstream(section: MappingReader) -> UpstreamSettings:
@@ -253,7 +277,7 @@ def _upstream(section: MappingReader) -> UpstreamSettings:
         connect_timeout=section.number("connect_timeout", 2.0),
         total_timeout=section.number("total_timeout", 10.0),
         max_connections=section.integer("max_connections", 100, minimum=1),
-        retries=section.integer("retries", 2),
+        retries=section.integer("retries", 2, maximum=10),
         retry_backoff=section.number("retry_backoff", 0.05),
         breaker_failures=section.integer("breaker_failures", 5, minimum=1),
         breaker_cooldown=section.number("breaker_cooldown", 5.0),
@@ -374,6 +398,7 @@ def _redis(section: MappingReader) -> RedisSettings:
         raise ConfigError(f"{section.key('url')}: expected a redis:// URL")
     settings = RedisSettings(
         url=url,
+        password=_secret_ref(section, "password"),
         key_prefix=section.text("key_prefix", "expie-gw:"),
         max_connections=section.integer("max_connections", 64, minimum=1),
         revocation_sync_interval=section.number("revocation_sync_interval", 0.25),

@@ -13,6 +13,10 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import yaml
+
+from tests.simulator_harness import RunningSimulator
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 30.0
 
@@ -40,8 +44,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    env = cli_environment({"EXPIE_GW_SERVER__PORT": str(port)})
+def serving(config: Path, port: int, env: Mapping[str, str] | None = None
+            ) -> Iterator[subprocess.Popen[bytes]]:
+    """``serve`` on loopback ``port``; no drain delay unless ``env`` sets one."""
+    env = cli_environment({"EXPIE_GW_SERVER__HOST": "127.0.0.1",
+                           "EXPIE_GW_SERVER__PORT": str(port),
+                           "EXPIE_GW_SERVER__DRAIN_DELAY": "0", **(env or {})})
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -53,6 +61,28 @@ def serving(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         process.wait(timeout=RUN_TIMEOUT)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def process_config(directory: Path, sim: RunningSimulator, **sections: object) -> Path:
+    """A config in ``directory`` for a process in front of ``sim``: a generated key, the sim's
+    account tokens in files, the example users; ``sections`` added or replacing."""
+    key = directory / "k1.pem"
+    done = cli("keys", "generate", "--kid", "k1", "--out", key)
+    assert done.returncode == 0, done.stderr
+    accounts = []
+    for account in sim.config.accounts:
+        (directory / account.name).write_text(account.token, encoding="utf-8")
+        accounts.append({"name": account.name, "token_file": str(directory / account.name)})
+    config = directory / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "upstream": {"base_url": sim.url("").rstrip("/"), "retries": 0},
+        "auth": {"signing_key": "k1",
+                 "keys": [{"kid": "k1", "algorithm": "EdDSA", "private_key_file": str(key)}]},
+        "users": {"file": str(ROOT / "config" / "users.example.yaml")},
+        "accounts": accounts,
+        **sections,
+    }), encoding="utf-8")
+    return config
 
 
 def health(port: int, attempts: int = 100) -> dict[str, object] | None:

@@ -19,11 +19,21 @@ from gateway.auth.signing import (
     load_public_key,
 )
 from gateway.core.mapping_reader import ConfigError
-from gateway.settings import AccountSettings, AuthSettings, SecretRef
+from gateway.settings import AccountSettings, AuthSettings, RedisSettings, SecretRef
 
 
 def read_ref(ref: SecretRef) -> Secret:
     return read_secret(env=ref.env, file=ref.file)
+
+
+def redis_password(redis: RedisSettings) -> Secret | None:
+    """The password of ``redis.url`` when it is kept apart from the URL (a mounted Secret)."""
+    if redis.password is None:
+        return None
+    try:
+        return read_ref(redis.password)
+    except SecretError as exc:
+        raise ConfigError(f"redis.password: {exc}") from exc
 
 
 def load_account_tokens(accounts: tuple[AccountSettings, ...]) -> Mapping[str, Secret]:

@@ -44,10 +44,13 @@ class MappingReader:
             raise ConfigError(f"{self.key(name)}: expected a non-empty string")
         return value
 
-    def integer(self, name: str, default: object = ..., minimum: int = 0) -> int:
+    def integer(self, name: str, default: object = ..., minimum: int = 0,
+                maximum: int | None = None) -> int:
         value = self.raw(name, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ConfigError(f"{self.key(name)}: expected an integer >= {minimum}")
+        if (not isinstance(value, int) or isinstance(value, bool) or value < minimum
+                or (maximum is not None and value > maximum)):
+            wanted = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise ConfigError(f"{self.key(name)}: expected an integer {wanted}")
         return value
 
     def number(self, name: str, default: object = ..., *, allow_zero: bool = False) -> float:

@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway.auth.secret import Secret
 from gateway.errors import StoreUnavailable
 
 REDIS_ERRORS = (RedisError, OSError)
@@ -27,9 +28,10 @@ REDIS_ERRORS = (RedisError, OSError)
 
 
 def connect_redis(
-    url: str, max_connections: int = 64, *, timeout: float = 2.0
+    url: str, max_connections: int = 64, *, timeout: float = 2.0, password: Secret | None = None
 ) -> redis.asyncio.Redis:
-    """A client for ``url`` (no I/O yet: connections open on first use).
+    """A client for ``url`` (no I/O yet: connections open on first use), with ``password`` when
+    it is kept apart from the URL.
 
     ``timeout`` bounds the wait for a pooled connection, the TCP connect and each reply, so a
     hung Redis shows as an error within seconds, never as a request that waits forever. One
@@ -43,6 +45,7 @@ def connect_redis(
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 1),
         decode_responses=False,
+        **({"password": password.reveal()} if password is not None else {}),
     )
     return redis.asyncio.Redis.from_pool(pool)
 

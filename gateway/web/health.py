@@ -1,11 +1,11 @@
-"""Operational endpoints: ``/healthz`` (the process answers), ``/readyz`` (it can serve: upstream
-client and stores) and ``/metrics`` (Prometheus text of ``gateway.telemetry``)."""
+"""Operational endpoints: ``/healthz`` (the process answers), ``/readyz`` (this replica takes
+traffic) and ``/metrics`` (Prometheus text of ``gateway.telemetry``)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.keys import AUDIT_TRAIL, KILL_SWITCHES, REVOCATIONS, TELEMETRY, UPSTREAM
+from gateway.keys import AUDIT_TRAIL, KILL_SWITCHES, LIFECYCLE, REVOCATIONS, TELEMETRY, UPSTREAM
 from gateway.telemetry import PROMETHEUS_CONTENT_TYPE
 
 
@@ -14,23 +14,31 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    upstream = request.app[UPSTREAM]
-    checks = {
-        "upstream_client": upstream.started,
-        "revocation_store": request.app[REVOCATIONS].healthy,
-        "kill_switch_store": request.app[KILL_SWITCHES].healthy,
-    }
-    ready = all(checks.values())
-    # The circuit is shown, not checked: an exchange failure opens the circuit of every replica
-    # at once, and all of them going unready together would turn an exchange hiccup into a full
-    # outage (no replica left to answer fast with 503 + Retry-After, or to serve cached data).
-    # The audit spool is shown, not checked, for the same reason: a shared store that fails
-    # fails for every replica, and reads need no audit.
-    audit = request.app[AUDIT_TRAIL]
-    body = {"status": "ready" if ready else "not_ready", "checks": checks,
+    """200 while this replica is started and not draining; 503 ``draining`` once SIGTERM came.
+
+    The shared dependencies (Redis, the exchange, its circuit, the audit spool) are shown, not
+    checked: they fail for every replica at once, and all of them leaving the Service together
+    would turn a Redis or exchange outage into a full one, although cached market data and the
+    fan-out still serve, and orders answer their own 503 with ``Retry-After``.
+    """
+    app = request.app
+    upstream, audit = app[UPSTREAM], app[AUDIT_TRAIL]
+    if app[LIFECYCLE].draining:
+        status = "draining"
+    elif not upstream.started:
+        status = "starting"
+    else:
+        status = "ready"
+    body = {
+        "status": status,
+        "dependencies": {
+            "revocation_store": "ok" if app[REVOCATIONS].healthy else "unavailable",
+            "kill_switch_store": "ok" if app[KILL_SWITCHES].healthy else "unavailable",
             "upstream_circuit": upstream.circuit_state.value,
-            "audit_spool": {"pending": audit.spooled, "dropped": audit.dropped}}
-    return web.json_response(body, status=200 if ready else 503)
+        },
+        "audit_spool": {"pending": audit.spooled, "dropped": audit.dropped},
+    }
+    return web.json_response(body, status=200 if status == "ready" else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

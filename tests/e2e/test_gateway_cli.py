@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -304,3 +305,37 @@ def test_serve_refuses_a_bad_configuration(deployment: Deployment, tmp_path: Pat
         _, errors = process.communicate(timeout=RUN_TIMEOUT)
         assert process.returncode == 2
         assert b"upstream.base_url" in errors
+
+
+def test_serve_says_where_it_listens(deployment: Deployment, tmp_path: Path) -> None:
+    port = free_port()
+    config = deployment.write(audit={"file": str(tmp_path / "audit.jsonl")})
+    with serving(config, port) as process:
+        assert health(port) == {"status": "ok"}
+        os.kill(process.pid, signal.SIGTERM)
+        _, errors = process.communicate(timeout=RUN_TIMEOUT)
+    assert f"listening on http://127.0.0.1:{port}".encode() in errors
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    config = deployment.write(audit={"file": str(tmp_path / "audit.jsonl")})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with serving(config, port) as process:
+            _, errors = process.communicate(timeout=RUN_TIMEOUT)
+    assert process.returncode == 1
+    assert "Traceback" not in errors.decode()
+    assert (f"expie-gateway: cannot listen on 127.0.0.1:{port}: the address is in use"
+            in errors.decode().splitlines())
+
+
+def test_serve_refuses_a_port_out_of_range(deployment: Deployment, tmp_path: Path) -> None:
+    config = deployment.write(audit={"file": str(tmp_path / "audit.jsonl")})
+    done = cli("serve", "--config", config, env={"EXPIE_GW_SERVER__PORT": "99999"})
+    assert done.returncode == 2
+    assert "server.port: expected an integer from 1 to 65535" in done.stderr
+    assert "EXPIE_GW_SERVER__PORT" in done.stderr

@@ -12,33 +12,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
 
-from tests.process_harness import ROOT, cli, free_port, health, serving
+from tests.process_harness import cli, free_port, health, process_config, serving
 from tests.simulator_harness import RunningSimulator
 
 TICKER = "/v1/markets/BCCBTC/ticker"
 TICKER_ROUTE = "GET /v1/markets/{market}/ticker"
-
-
-def replica_config(directory: Path, sim: RunningSimulator, redis_url: str, prefix: str) -> Path:
-    key = directory / "k1.pem"
-    done = cli("keys", "generate", "--kid", "k1", "--out", key)
-    assert done.returncode == 0, done.stderr
-    accounts = []
-    for account in sim.config.accounts:
-        (directory / account.name).write_text(account.token, encoding="utf-8")
-        accounts.append({"name": account.name, "token_file": str(directory / account.name)})
-    config = directory / "gateway.yaml"
-    config.write_text(yaml.safe_dump({
-        "upstream": {"base_url": sim.url("").rstrip("/"), "retries": 0},
-        "auth": {"signing_key": "k1",
-                 "keys": [{"kid": "k1", "algorithm": "EdDSA", "private_key_file": str(key)}]},
-        "users": {"file": str(ROOT / "config" / "users.example.yaml")},
-        "accounts": accounts,
-        "redis": {"url": redis_url, "key_prefix": prefix},
-    }), encoding="utf-8")
-    return config
 
 
 @pytest.fixture
@@ -46,7 +25,7 @@ async def replicas(
     sim: RunningSimulator, tmp_path: Path, redis_url: str, key_prefix: str
 ) -> AsyncIterator[tuple[list[int], str]]:
     """Two serving processes (their ports) and a token both accept."""
-    config = replica_config(tmp_path, sim, redis_url, key_prefix)
+    config = process_config(tmp_path, sim, redis={"url": redis_url, "key_prefix": key_prefix})
     ports = [free_port(), free_port()]
     with serving(config, ports[0]), serving(config, ports[1]):
         for port in ports:

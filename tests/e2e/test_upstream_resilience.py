@@ -71,7 +71,7 @@ async def metric(gateway: RunningGateway, series: str) -> float | None:
 async def circuit(gateway: RunningGateway) -> str:
     status, body, _ = await gateway.call("GET", "/readyz")
     assert status == 200, body
-    state: str = body["upstream_circuit"]
+    state: str = body["dependencies"]["upstream_circuit"]
     return state
 
 

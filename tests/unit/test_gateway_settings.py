@@ -194,6 +194,13 @@ KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
     [
         ("server: {port: -1}\n", "server.port"),
         ("server: {port: eighty}\n", "server.port"),
+        ("server: {port: 99999}\n", "server.port"),
+        ("server: {port: 0}\n", "server.port"),
+        ("server: {shutdown_timeout: 0}\n", "server.shutdown_timeout"),
+        ("server: {drain_delay: -1}\n", "server.drain_delay"),
+        ("server: {trusted_proxies: [10.0.0.0/33]}\n", "server.trusted_proxies"),
+        ("server: {trusted_proxies: 10.0.0.0/8}\n", "server.trusted_proxies"),
+        ("upstream: {retries: 1000}\n", "upstream.retries"),
         ("upstream: {base_url: '127.0.0.1:8081'}\n", "upstream.base_url"),
         ("auth:\n  keys:\n    - {kid: k1, algorithm: HS256, private_key_file: /k.pem}\n",
          "auth.keys[0].algorithm"),
@@ -216,7 +223,9 @@ KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
         ("ws: {upstream_url: 'http://x/ws'}\n", "ws.upstream_url"),
         ("ws: {upstream_depth_limit: 60}\n", "ws.upstream_depth_limit"),
     ],
-    ids=["negative-port", "port-not-a-number", "url-without-scheme", "algorithm",
+    ids=["negative-port", "port-not-a-number", "port-over-65535", "port-zero",
+         "no-shutdown-time", "negative-drain", "bad-cidr", "proxies-not-a-list", "retries",
+         "url-without-scheme", "algorithm",
          "signing-key-missing", "env-and-file", "no-key-material", "ttl-over-max", "redis-url",
          "account-without-token", "log-level", "limit-count-zero", "unknown-limit",
          "negative-notional", "unknown-risk-key", "slow-kill-switch-sync", "audit-backend",
@@ -226,6 +235,18 @@ def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_text(tmp_path, text)
     assert str(caught.value).startswith(f"{key}:")
+
+
+def test_trusted_proxies_are_networks_and_a_bare_address_is_one_host(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, "server: {trusted_proxies: [10.0.0.0/8, '2001:db8::1']}\n")
+    assert [str(network) for network in settings.server.trusted_proxies] == [
+        "10.0.0.0/8", "2001:db8::1/128"]
+
+
+def test_a_container_listens_on_every_interface_by_default(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, "")
+    assert (settings.server.host, settings.server.port, settings.server.drain_delay) == (
+        "0.0.0.0", 8080, 5.0)
 
 
 def test_a_file_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
