@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PACKAGE_STAMP := $(VENV)/.installed-package
+PORT ?= 8080
+SIM_PORT ?= 8081
 REDIS_URL ?= redis://127.0.0.1:6379/0
 export REDIS_URL
 
@@ -12,20 +15,29 @@ export REDIS_URL
 
 help:
 	@echo "make demo   start the simulator and the gateway in front of it, print a token and calls"
+	@echo "            (make demo PORT=9080 SIM_PORT=9081 picks the ports)"
 	@echo "make test   lint, make sure Redis answers, run the whole test suite"
 	@echo "make lint   ruff + mypy --strict"
 	@echo "make bench  run every benchmark under bench/ (JSON to stdout and bench/results/)"
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The package alone (what the demo runs); the test tools come on top of it for everything else.
+$(PACKAGE_STAMP): pyproject.toml
+	@echo ">>> installing the gateway and its dependencies into $(VENV) (once)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -e . \
+		| grep -E '^(Collecting|Successfully)' || true
+	@$(BIN)/python -c 'import gateway.app, simulator.app'
+	@touch $(PACKAGE_STAMP)
+
+$(STAMP): $(PACKAGE_STAMP)
+	@echo ">>> installing the test tools into $(VENV) (once)"
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/expie-gateway demo
+demo: $(PACKAGE_STAMP)
+	@$(BIN)/expie-gateway demo --port $(PORT) --sim-port $(SIM_PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway simulator tests bench
