@@ -17,7 +17,7 @@ help:
 	@echo "make demo   start the simulator and the gateway in front of it, print a token and calls"
 	@echo "            (make demo PORT=9080 SIM_PORT=9081 picks the ports)"
 	@echo "make test   lint, make sure Redis answers, run the whole test suite"
-	@echo "make lint   ruff + mypy --strict"
+	@echo "make lint   ruff + mypy --strict + hadolint"
 	@echo "make bench  run every benchmark under bench/ (JSON to stdout and bench/results/)"
 
 venv: $(STAMP)
@@ -42,6 +42,7 @@ demo: $(PACKAGE_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gateway simulator tests bench
 	$(BIN)/mypy --strict gateway simulator
+	$(BIN)/hadolint Dockerfile
 
 test: $(STAMP) lint
 	scripts/ensure-redis.sh
