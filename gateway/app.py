@@ -127,7 +127,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     issuer = TokenIssuer(keyring, auth.issuer, auth.audience, clock)
     external = _external_issuers(settings, http, clock)
     verifier = TokenVerifier(keyring, auth.issuer, auth.audience, auth.leeway, clock,
-                             external, auth.verify_cache_size)
+                             external, auth.verify_cache_size, auth.max_token_ttl)
     app = web.Application()
     app[SETTINGS] = settings
     app[CLOCK] = clock

@@ -32,6 +32,7 @@ from gateway.auth.tokens import TokenIssuer
 from gateway.auth.users import UserDirectory, load_users
 from gateway.core.mapping_reader import ConfigError
 from gateway.core.principal import Scope, format_scopes
+from gateway.core.wire import wire_integer
 from gateway.errors import GatewayError
 from gateway.settings import CONFIG_PATH_VARIABLE, Settings, load_settings
 from gateway.stores.redis_client import connect_redis
@@ -233,9 +234,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def port_number(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+    if (port := wire_integer(text, 65535)) is None or port == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
-    return int(text)
+    return port
 
 
 def parse_duration(text: str) -> float:

@@ -23,6 +23,7 @@ import binascii
 import hashlib
 import json
 import math
+import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -44,6 +45,9 @@ Clock = Callable[[], float]
 
 # Longer than any token we or an SSO provider issue; refused before any parsing.
 MAX_TOKEN_LENGTH = 8192
+# JWS compact serialization (RFC 7515 §7.1): three base64url segments, ASCII only. Anything else
+# is refused before a parser sees it (PyJWT raises foreign errors on non-ASCII input).
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _REQUIRED = ["exp", "iat", "sub", "jti"]
 _EXTERNAL_REQUIRED = ["exp", "iat"]
 
@@ -141,6 +145,7 @@ class TokenVerifier:
         clock: Clock,
         external: ExternalIssuers | None = None,
         cache_size: int = 10_000,
+        max_ttl: float = math.inf,
     ) -> None:
         if leeway < 0 or cache_size < 0:
             raise ValueError("leeway and cache_size cannot be negative")
@@ -153,6 +158,7 @@ class TokenVerifier:
         self._clock = clock
         self._external = external
         self._cache_size = cache_size
+        self._max_lifetime = max_ttl + leeway
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
 
     @property
@@ -171,7 +177,14 @@ class TokenVerifier:
                 _check_window(valid_from, valid_until, now)
                 return claims
             del self._cache[token]  # its issuer's keys must be consulted again
+        if _COMPACT_JWS.fullmatch(token) is None:  # only verified tokens are ever cached
+            raise InvalidToken("malformed token")
         claims, recheck_at = await self._verify_signed(token)
+        # A leaked token must not be good for decades because its signer said so: ours and
+        # trusted issuers' alike live at most auth.max_token_ttl. (An iat in the future is
+        # refused by the window: a token is valid from max(nbf, iat) - leeway.)
+        if claims.expires_at - claims.issued_at > self._max_lifetime:
+            raise InvalidToken("token lifetime exceeds the maximum")
         valid_from, valid_until = self._window(claims)
         now = self._clock()
         _check_window(valid_from, valid_until, now)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from gateway.core.wire import MAX_PAGE_VALUE, wire_integer
 from gateway.errors import BadRequest
 from gateway.keys import AUDIT_TRAIL, CLOCK, KILL_SWITCHES, PRINCIPAL
 from gateway.services.audit_trail import AuditQuery
@@ -102,10 +103,11 @@ def _integer(query: Mapping[str, str], name: str, default: int) -> int:
     text = query.get(name)
     if text is None:
         return default
-    if not text.isdigit():
-        raise BadRequest(f"query parameter {name!r} must be a non-negative integer",
-                         code="bad_query")
-    return int(text)
+    value = wire_integer(text, MAX_PAGE_VALUE)
+    if value is None:
+        raise BadRequest(f"query parameter {name!r} must be an integer from 0 to "
+                         f"{MAX_PAGE_VALUE}", code="bad_query")
+    return value
 
 
 def _time(query: Mapping[str, str], name: str) -> float | None:

@@ -1,9 +1,9 @@
 """The Expie reference's REST paths: the scope each needs, the query it takes, how it is served.
 
 Before anything reaches the exchange or the cache, the request is checked here: only the query
-parameters the reference defines (``limit``/``offset`` as non-negative integers), an order id
-that is a number, and a market the exchange lists (from the cached markets list) — so a bad call
-is a 400/404 from the gateway and costs the exchange nothing.
+parameters the reference defines (``limit``/``offset`` as bounded integers), and a market the
+exchange lists (from the cached markets list) — so a bad call is a 400/404 from the gateway and
+costs the exchange nothing. An order id is checked by the handler that reads it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from functools import partial
 from aiohttp import web
 
 from gateway.core.principal import Scope
+from gateway.core.wire import MAX_PAGE_VALUE, wire_integer
 from gateway.errors import BadRequest
 from gateway.keys import ACCOUNT_TOKENS, MARKET_DATA, PRINCIPAL, READ_LIMITS
 from gateway.services.market_data import Endpoint
@@ -62,9 +63,6 @@ def exchange_handler(route: ExchangeRoute) -> Handler:
     async def checked(request: web.Request) -> web.StreamResponse:
         request.app[READ_LIMITS].admit(request[PRINCIPAL], market_data)
         check_query(request, route.query)
-        order_id = request.match_info.get("order_id")
-        if order_id is not None and not order_id.isdigit():
-            raise BadRequest(f"order id {order_id!r} is not a number", code="bad_order_id")
         market = request.match_info.get("market")
         if market is not None:
             token = request.app[ACCOUNT_TOKENS][request[PRINCIPAL].account]
@@ -85,6 +83,6 @@ def check_query(request: web.Request, allowed: frozenset[str]) -> None:
                              code="bad_query")
         if len(query.getall(name)) > 1:
             raise BadRequest(f"query parameter {name!r} is repeated", code="bad_query")
-        if name in INTEGER_PARAMETERS and not query[name].isdigit():
-            raise BadRequest(f"query parameter {name!r} must be a non-negative integer",
-                             code="bad_query")
+        if name in INTEGER_PARAMETERS and wire_integer(query[name], MAX_PAGE_VALUE) is None:
+            raise BadRequest(f"query parameter {name!r} must be an integer from 0 to "
+                             f"{MAX_PAGE_VALUE}", code="bad_query")

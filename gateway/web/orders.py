@@ -15,6 +15,7 @@ from aiohttp import hdrs, web
 
 from gateway.core.forwarded import client_address
 from gateway.core.principal import Scope
+from gateway.core.wire import wire_integer
 from gateway.errors import BadRequest, GatewayError
 from gateway.keys import (
     ACCOUNT_TOKENS,
@@ -71,12 +72,13 @@ async def cancel_order(request: web.Request) -> web.Response:
     key = await _idempotency_key(request, context, "cancel")
     text = request.match_info["order_id"]
     market = request.match_info["market"]
-    if not text.isdigit() or len(text) > 19:
-        error = BadRequest(f"order id {text!r} is not a number", code="bad_order_id")
+    order_id = wire_integer(text)
+    if order_id is None:
+        error = BadRequest(f"order id {text[:32]!r} is not a number", code="bad_order_id")
         await request.app[ORDER_DESK].refused(context, "cancel", market, {"order_id": text[:32]},
                                               error, key)
         raise error
-    answer = await request.app[ORDER_DESK].cancel(context, market, int(text), key)
+    answer = await request.app[ORDER_DESK].cancel(context, market, order_id, key)
     return _response(answer)
 
 
@@ -104,7 +106,10 @@ def owned_details(template: str) -> Handler:
     forward = forward_to(template)
 
     async def details(request: web.Request) -> web.StreamResponse:
-        order_id = int(request.match_info["order_id"])
+        text = request.match_info["order_id"]
+        order_id = wire_integer(text)
+        if order_id is None:
+            raise BadRequest(f"order id {text[:32]!r} is not a number", code="bad_order_id")
         await request.app[ORDER_DESK].require_owner(request[PRINCIPAL], order_id)
         return await forward(request)
 

@@ -227,6 +227,24 @@ async def test_a_malformed_token_is_refused(verifier: TokenVerifier, token: str)
     assert await refused(verifier, token) == "malformed token"
 
 
+@pytest.mark.parametrize("tail", ["\u00e9", "\udcff", "\uff10", " ", "="])
+async def test_a_signed_token_with_a_foreign_character_is_malformed_not_a_crash(
+    issuer: TokenIssuer, verifier: TokenVerifier, tail: str
+) -> None:
+    token, _ = issuer.issue("alice", [], TTL)
+    assert await refused(verifier, token + tail) == "malformed token"
+
+
+async def test_our_own_signature_does_not_make_a_decades_long_token_acceptable(
+    ring: KeyRing, key: SigningKey, clock: FakeClock
+) -> None:
+    verifier = TokenVerifier(ring, ISSUER, AUDIENCE, LEEWAY, clock, max_ttl=86400)
+    forever = _sign(key, _payload(exp=int(START) + 30 * 365 * 86400))
+    assert await refused(verifier, forever) == "token lifetime exceeds the maximum"
+    longest = _sign(key, _payload(exp=int(START) + 86400 + int(LEEWAY)))
+    assert (await verifier.verify(longest)).subject == "alice"
+
+
 async def test_a_payload_that_is_not_an_object_is_refused(
     key: SigningKey, verifier: TokenVerifier
 ) -> None:
