@@ -85,6 +85,7 @@ from gateway.stores.revocation import (
 )
 from gateway.telemetry import Telemetry
 from gateway.upstream.rest import UpstreamClient
+from gateway.web.bodies import LARGEST_BODY
 from gateway.web.routes import setup_routes
 from gateway.ws_settings import upstream_ws_url
 
@@ -128,7 +129,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     external = _external_issuers(settings, http, clock)
     verifier = TokenVerifier(keyring, auth.issuer, auth.audience, auth.leeway, clock,
                              external, auth.verify_cache_size, auth.max_token_ttl)
-    app = web.Application()
+    app = web.Application(client_max_size=LARGEST_BODY)
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[LIFECYCLE] = Lifecycle()

@@ -22,6 +22,7 @@ from gateway.auth.tokens import TokenIssuer
 from gateway.core.principal import ALL_SCOPES, Scope, format_scopes
 from gateway.server import ListenFailed, listen, new_event_loop
 from gateway.settings import Settings, UpstreamSettings, load_settings
+from gateway.web.edge import GatewayRunner
 from simulator.app import create_app as create_simulator
 from simulator.config import SimConfig, load_config
 
@@ -46,12 +47,12 @@ async def _serve(gateway_port: int, simulator_port: int) -> None:
     settings = _demo_settings(gateway_port, simulator_port)
     keyring = KeyRing(generate_signing_key(f"demo-{int(time.time())}"), [])
     tokens = {account.name: Secret(account.token) for account in sim_config.accounts}
-    runners = [await _start(create_simulator(sim_config, seed=1, activity=ACTIVITY),
-                            simulator_port, "SIM_PORT")]
+    simulator = create_simulator(sim_config, seed=1, activity=ACTIVITY)
+    runners = [await _start(web.AppRunner(simulator, access_log=None), simulator_port,
+                            "SIM_PORT")]
     try:
-        runners.append(await _start(
-            create_app(settings, Overrides(keyring=keyring, account_tokens=tokens)), gateway_port,
-            "PORT"))
+        gateway = create_app(settings, Overrides(keyring=keyring, account_tokens=tokens))
+        runners.append(await _start(GatewayRunner(gateway), gateway_port, "PORT"))
     except BaseException:
         await runners[0].cleanup()
         raise
@@ -77,8 +78,7 @@ def _demo_settings(gateway_port: int, simulator_port: int) -> Settings:
     return dataclasses.replace(settings, server=server, upstream=upstream)
 
 
-async def _start(app: web.Application, port: int, setting: str) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
+async def _start(runner: web.AppRunner, port: int, setting: str) -> web.AppRunner:
     await runner.setup()
     try:
         await listen(runner, LOOPBACK, port)

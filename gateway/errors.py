@@ -4,6 +4,9 @@ Exception tree (rendered in one place, ``gateway.web.errors``):
 
 - ``GatewayError``: base; ``code`` (snake_case), ``status``, ``message``, ``temporary``.
   - ``BadRequest`` (400): the request is malformed; the message names the field.
+    - ``MalformedRequest`` (400): not valid HTTP (aiohttp's parser refused it).
+  - ``RequestTimeout`` (408): the head or the body took longer than its deadline.
+  - ``PayloadTooLarge`` (413), ``UriTooLong`` (414), ``HeadersTooLarge`` (431): over a size limit.
   - ``MalformedCredentials`` (400): a Bearer header that does not carry exactly one token.
   - ``Unauthenticated`` (401): no valid credentials; carries the RFC 6750 error and description.
   - ``Forbidden`` (403): authenticated, but not allowed (a missing scope, a market not allowed).
@@ -17,6 +20,7 @@ Exception tree (rendered in one place, ``gateway.web.errors``):
     - ``CircuitOpen`` (503, ``Retry-After``): the exchange has been failing; calls fail fast
       until the next probe (a subclass, so "serve stale when the exchange fails" covers it).
   - ``StoreUnavailable`` (503): a backing store (Redis) failed.
+  - ``InternalError`` (500): a bug; answered in the same shape, logged with its traceback.
 
 Errors from the upstream are not ``GatewayError``s: they pass through unchanged. Foreign
 exceptions are translated where they are caught (``raise … from exc``) and never leak further.
@@ -149,6 +153,35 @@ class UpstreamTimeout(GatewayError):
     def __init__(self, message: str, *, request_sent: bool = True) -> None:
         super().__init__(message)
         self.request_sent = request_sent
+
+
+class MalformedRequest(BadRequest):
+    code = "malformed_request"
+
+
+class RequestTimeout(GatewayError):
+    code = "request_timeout"
+    status = 408
+
+
+class PayloadTooLarge(GatewayError):
+    code = "payload_too_large"
+    status = 413
+
+
+class UriTooLong(GatewayError):
+    code = "uri_too_long"
+    status = 414
+
+
+class HeadersTooLarge(GatewayError):
+    code = "headers_too_large"
+    status = 431
+
+
+class InternalError(GatewayError):
+    code = "internal_error"
+    status = 500
 
 
 class StoreUnavailable(GatewayError):

@@ -22,6 +22,7 @@ from gateway.app import create_app
 from gateway.errors import GatewayError
 from gateway.keys import LIFECYCLE
 from gateway.settings import Settings
+from gateway.web.edge import GatewayRunner
 
 logger = logging.getLogger("gateway.server")
 
@@ -58,8 +59,7 @@ def run_gateway(settings: Settings) -> None:
 
 async def _serve(settings: Settings) -> None:
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=settings.server.shutdown_timeout)
+    runner = GatewayRunner(app, shutdown_timeout=settings.server.shutdown_timeout)
     await runner.setup()
     try:
         await listen(runner, settings.server.host, settings.server.port)

@@ -48,6 +48,8 @@ class ServerSettings:
     port: int = 8080
     drain_delay: float = 5.0
     shutdown_timeout: float = 10.0
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
     trusted_proxies: tuple[Network, ...] = ()
 
 
@@ -251,6 +253,8 @@ def _server(section: MappingReader) -> ServerSettings:
         port=section.integer("port", 8080, minimum=1, maximum=65535),
         drain_delay=section.number("drain_delay", 5.0, allow_zero=True),
         shutdown_timeout=section.number("shutdown_timeout", 10.0),
+        header_timeout=section.number("header_timeout", 10.0),
+        body_timeout=section.number("body_timeout", 10.0),
         trusted_proxies=_networks(section, "trusted_proxies"),
     )
     section.done()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
 
@@ -19,6 +20,7 @@ from gateway.auth.secret import Secret
 from gateway.auth.signing import KeyRing, generate_signing_key
 from gateway.auth.tokens import TokenIssuer
 from gateway.settings import RedisSettings, Settings, UpstreamSettings, load_settings
+from gateway.web.edge import GatewayRunner
 from tests.simulator_harness import RunningSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +47,13 @@ def gateway_settings(simulator: RunningSimulator, redis: RedisSettings | None = 
 
 def account_tokens(simulator: RunningSimulator) -> dict[str, Secret]:
     return {account.name: Secret(account.token) for account in simulator.config.accounts}
+
+
+class GatewayTestServer(TestServer):
+    """The app served as the gateway process serves it: through ``GatewayRunner``'s edge."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return GatewayRunner(self.app, **kwargs)
 
 
 @dataclass
@@ -91,6 +100,6 @@ async def start_gateway(
     app = create_app(settings, dataclasses.replace(
         given, keyring=keyring, account_tokens=given.account_tokens or account_tokens(simulator),
         clock=clock))
-    server = TestServer(app, host="127.0.0.1")
+    server = GatewayTestServer(app, host="127.0.0.1")
     await server.start_server()
     return RunningGateway(server, settings, keyring, aiohttp.ClientSession(), clock)

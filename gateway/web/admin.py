@@ -8,7 +8,6 @@ switch covers). Both routes need the ``admin`` scope.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 
@@ -19,6 +18,7 @@ from gateway.errors import BadRequest
 from gateway.keys import AUDIT_TRAIL, CLOCK, KILL_SWITCHES, PRINCIPAL
 from gateway.services.audit_trail import AuditQuery
 from gateway.stores.kill_switch import KillSwitch, SwitchScope
+from gateway.web.bodies import json_object
 from gateway.web.exchange import check_query
 from gateway.web.orders import call_context
 
@@ -30,7 +30,7 @@ MAX_REASON = 500
 
 
 async def set_kill_switch(request: web.Request) -> web.Response:
-    body = await _json_object(request)
+    body = await json_object(request, code="bad_kill_switch")
     unknown = sorted(set(body) - _SWITCH_FIELDS)
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r}", code="bad_kill_switch")
@@ -123,13 +123,3 @@ def _time(query: Mapping[str, str], name: str) -> float | None:
         raise BadRequest(f"query parameter {name!r} must be seconds since the epoch",
                          code="bad_query")
     return value
-
-
-async def _json_object(request: web.Request) -> dict[str, object]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("body: expected a JSON object", code="bad_kill_switch") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body: expected a JSON object", code="bad_kill_switch")
-    return body

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -10,6 +10,7 @@ from gateway.auth.authenticator import user_cutoff
 from gateway.auth.grants import GRANT_TYPE, ClientCredentials, OAuthError, client_credentials
 from gateway.errors import BadRequest, Unauthenticated
 from gateway.keys import AUTHENTICATOR, CLOCK, GRANT, JWKS_BODY, REVOCATIONS, SETTINGS
+from gateway.web.bodies import TOKEN_BODY_LIMIT, json_object, read_body
 
 FORM = "application/x-www-form-urlencoded"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -31,8 +32,11 @@ async def issue_token(request: web.Request) -> web.Response:
 async def _token_request(request: web.Request) -> tuple[ClientCredentials, str | None]:
     if request.content_type != FORM:
         raise OAuthError("invalid_request", f"the body must be {FORM}")
-    form = {name: value for name, value in (await request.post()).items()
-            if isinstance(value, str)}
+    raw = await read_body(request, TOKEN_BODY_LIMIT)
+    try:
+        form = dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict"))
+    except UnicodeDecodeError:
+        raise OAuthError("invalid_request", "the body is not UTF-8") from None
     if form.get("grant_type") != GRANT_TYPE:
         raise OAuthError("unsupported_grant_type", f"grant_type must be {GRANT_TYPE}")
     return client_credentials(request.headers.get("Authorization"), form), form.get("scope")
@@ -45,7 +49,7 @@ async def jwks(request: web.Request) -> web.Response:
 
 async def revoke(request: web.Request) -> web.Response:
     """``{"jti": id}``, ``{"token": jwt}`` or ``{"user": id}`` (every token issued up to now)."""
-    body = await _json_object(request)
+    body = await json_object(request)
     settings, now = request.app[SETTINGS], request.app[CLOCK]()
     store = request.app[REVOCATIONS]
     keep_until = now + settings.auth.max_token_ttl + settings.auth.leeway
@@ -65,13 +69,3 @@ async def revoke(request: web.Request) -> web.Response:
         await store.revoke_token(claims.token_id, expires_at=expires_at)
         return web.json_response({"revoked": {"jti": claims.token_id}})
     raise BadRequest('body: expected exactly one of "jti", "token" or "user" (a non-empty string)')
-
-
-async def _json_object(request: web.Request) -> dict[str, object]:
-    try:
-        body = await request.json()
-    except json.JSONDecodeError as exc:
-        raise BadRequest("body: expected a JSON object") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("body: expected a JSON object")
-    return body

@@ -28,6 +28,7 @@ from gateway.keys import (
 from gateway.services.call_context import CallContext
 from gateway.services.order_desk import DeskAnswer
 from gateway.services.order_views import Page
+from gateway.web.bodies import ORDER_BODY_LIMIT, read_body
 from gateway.web.errors import error_response
 from gateway.web.guard import Handler, authenticate, check_access, request_id
 from gateway.web.proxy import forward_to
@@ -61,7 +62,11 @@ def order_call(action: str, handler: Handler) -> Handler:
 async def place_order(request: web.Request) -> web.Response:
     context = call_context(request)
     key = await _idempotency_key(request, context, "place")
-    body = await request.read()
+    try:
+        body = await read_body(request, ORDER_BODY_LIMIT)
+    except GatewayError as exc:
+        await _refused(request, "place", exc)
+        raise
     answer = await request.app[ORDER_DESK].place(
         context, request.match_info["market"], body, request.headers.get("Content-Type"), key)
     return _response(answer)

@@ -12,6 +12,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from gateway.keys import ACCOUNT_TOKENS, PRINCIPAL, UPSTREAM
+from gateway.web.bodies import PROXY_BODY_LIMIT, read_body
 from gateway.web.guard import Handler
 
 
@@ -24,7 +25,7 @@ def forward_to(template: str) -> Handler:
         query = request.rel_url.raw_query_string
         if query:
             path = f"{path}?{query}"
-        body = await request.read() if request.body_exists else None
+        body = await read_body(request, PROXY_BODY_LIMIT) if request.body_exists else None
         token = request.app[ACCOUNT_TOKENS][request[PRINCIPAL].account]
         answer = await request.app[UPSTREAM].send(
             request.method, path, token, body, request.headers.get("Content-Type"))

@@ -8,6 +8,7 @@ from gateway.core.principal import Scope
 from gateway.errors import MethodNotAllowed, NotFound
 from gateway.web.admin import audit_records, list_kill_switches, set_kill_switch
 from gateway.web.auth_routes import issue_token, jwks, revoke
+from gateway.web.edge import name_the_server
 from gateway.web.exchange import EXCHANGE_ROUTES, exchange_handler
 from gateway.web.guard import protected, public
 from gateway.web.health import healthz, metrics, readyz
@@ -26,6 +27,7 @@ async def no_such_route(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
+    app.on_response_prepare.append(name_the_server)
     router = app.router
     router.add_post("/v1/markets/{market}/orders", order_call("place", place_order))
     router.add_post("/v1/markets/{market}/orders/{order_id}/_cancel",

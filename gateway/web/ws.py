@@ -53,9 +53,17 @@ from gateway.core.rpc_params import (
     MarketsCall,
     parse_call,
 )
-from gateway.errors import GatewayError, InsufficientScope, RateLimited
+from gateway.errors import GatewayError, InsufficientScope, NotFound, RateLimited
 from gateway.fanout.hub import Hub, RpcFailure
-from gateway.keys import AUTHENTICATOR, CLOCK, FANOUT, SETTINGS, WS_USERS
+from gateway.keys import (
+    ACCOUNT_TOKENS,
+    AUTHENTICATOR,
+    CLOCK,
+    FANOUT,
+    MARKET_DATA,
+    SETTINGS,
+    WS_USERS,
+)
 from gateway.web.errors import error_response
 from gateway.web.guard import request_id
 
@@ -145,6 +153,8 @@ class _Connection:
         self._authenticator = app[AUTHENTICATOR]
         self._clock = app[CLOCK]
         self._hub: Hub = app[FANOUT]
+        self._market_data = app[MARKET_DATA]
+        self._tokens = app[ACCOUNT_TOKENS]
         self._users: Counter[str] = app[WS_USERS]
         self._socket = socket
         self.client = self._hub.client(socket, self._settings.queue_limit)
@@ -234,6 +244,7 @@ class _Connection:
         try:
             call = parse_call(request.method, request.params)
             self._check_allowed(call)
+            await self._check_listed(call)
             result = await self._hub.call(self.client, request.method, call)
         except (InvalidParams, RpcFailure) as exc:
             self._reply_error(request.id, exc.code, exc.message)
@@ -281,6 +292,22 @@ class _Connection:
             if principal is not None and not principal.may_trade(market):
                 raise RpcFailure(1, f"invalid argument: market {market} is not allowed for "
                                     "this user")
+
+    async def _check_listed(self, call: Call) -> None:
+        """Code 1 naming the first market of ``call`` the exchange does not list (Expie would
+        answer "success" and then nothing, and the gateway would hold a useless subscription)."""
+        principal = self.client.principal
+        if principal is None:
+            return
+        token = self._tokens[principal.account]
+        for market in _markets_named(call):
+            try:
+                await self._market_data.require_market(market, token)
+            except NotFound:
+                raise RpcFailure(1, f"invalid argument: unknown market {market}") from None
+            except GatewayError:
+                raise RpcFailure(SERVICE_UNAVAILABLE, "service unavailable: the markets list "
+                                 "cannot be read now") from None
 
     async def _watch_token(self) -> None:
         """Close a socket still unauthenticated after the grace period; then recheck the token."""

@@ -8,6 +8,7 @@ and that nothing was logged as an error (a traceback per request is a log flood 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -16,11 +17,14 @@ from urllib.parse import quote
 import jwt
 import pytest
 
-from tests.gateway_harness import RunningGateway
+from tests.conftest import StartGateway
+from tests.e2e.test_order_desk import audit_events
+from tests.gateway_harness import RunningGateway, gateway_settings
 from tests.simulator_harness import RunningSimulator
 
 TICKER = "/v1/markets/BCCBTC/ticker"
 PATIENCE = 5.0  # bounds each wait for an answer; it measures nothing
+DEADLINE = 0.5  # the head and body deadlines of the impatient gateway
 
 
 async def raw_request(gw: RunningGateway, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -144,3 +148,162 @@ async def test_a_token_signed_by_our_key_for_decades_is_refused(
     assert body["error"]["message"] == "token lifetime exceeds the maximum"
     assert 'error="invalid_token"' in headers["WWW-Authenticate"]
     assert upstream_calls(await sim.stats()) == {}
+
+
+# --- 3. JSON bodies: UTF-8, bounded nesting and digits ----------------------------------------
+
+
+@pytest.mark.parametrize("body", [b'{"scope": "desk", "reason": "\xff\xfe"}', b"[" * 10_000,
+                                  b'{"jti": ' + b"9" * 5000 + b"}", b'{"jti": "a"'],
+                         ids=["not-utf8", "deep-nesting", "5000-digit-number", "truncated"])
+@pytest.mark.parametrize("path", ["/admin/kill-switch", "/admin/tokens/revoke"])
+async def test_an_admin_body_that_is_not_a_utf8_json_object_is_a_400(
+    gw: RunningGateway, caplog: pytest.LogCaptureFixture, body: bytes, path: str
+) -> None:
+    status, answer, _ = await gw.call(
+        "POST", path, gw.token("desk-admin"), data=body,
+        headers={"Content-Type": "application/json; charset=latin-1"})
+    assert status == 400, answer
+    assert "body" in answer["error"]["message"]
+    assert errors_logged(caplog) == []
+
+
+# --- 4. what aiohttp refuses answers in the gateway's shape ------------------------------------
+
+
+def assert_gateway_error(status: int, headers: dict[str, str], body: bytes, expected: int,
+                         code: str) -> dict[str, Any]:
+    assert status == expected, body
+    assert headers["content-type"].startswith("application/json")
+    error: dict[str, Any] = json.loads(body)["error"]
+    assert error["code"] == code
+    assert error["request_id"] == headers["x-request-id"]
+    assert headers["server"] == "expie-gateway"
+    return error
+
+
+async def test_a_header_over_the_size_cap_is_a_431_that_does_not_echo_it(
+    sim: RunningSimulator, gw: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = b"Bearer eyJsecret" + b"A" * 9000
+    status, headers, body = await raw_request(gw, get_with_authorization(TICKER, secret))
+    assert_gateway_error(status, headers, body, 431, "headers_too_large")
+    assert b"eyJsecret" not in body
+    assert "eyJsecret" not in caplog.text
+    assert upstream_calls(await sim.stats()) == {}
+    assert errors_logged(caplog) == []
+
+
+async def test_a_control_character_in_a_header_is_a_400_in_json(
+    gw: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    request = (b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Note: a\x01b\r\n"
+               b"Connection: close\r\n\r\n")
+    status, headers, body = await raw_request(gw, request)
+    assert_gateway_error(status, headers, body, 400, "malformed_request")
+    assert errors_logged(caplog) == []
+
+
+async def test_a_request_line_over_the_cap_is_a_414_in_json(gw: RunningGateway) -> None:
+    request = (f"GET /v1/markets?{'a' * 5000} HTTP/1.1\r\nHost: gateway\r\n"
+               "Connection: close\r\n\r\n").encode()
+    status, headers, body = await raw_request(gw, request)
+    assert_gateway_error(status, headers, body, 414, "uri_too_long")
+
+
+async def test_an_order_body_over_its_limit_is_a_413_audited_and_not_forwarded(
+    sim: RunningSimulator, gw: RunningGateway
+) -> None:
+    body = "side=1&amount=1&price=0.2&" + "x" * 5000
+    status, answer, headers = await gw.call(
+        "POST", "/v1/markets/BCCBTC/orders", gw.token(), data=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert (status, answer["error"]["code"]) == (413, "payload_too_large")
+    assert headers["Server"] == "expie-gateway"
+    refusals = await audit_events(gw, kind="refusal")
+    assert [(event["action"], event["reason"]) for event in refusals] == [
+        ("place", "payload_too_large")]
+    assert upstream_calls(await sim.stats()) == {}
+
+
+# --- 8. a head or a body that trickles in is cut off -------------------------------------------
+
+
+@pytest.fixture
+async def impatient(sim: RunningSimulator, start_gateway_for: StartGateway) -> RunningGateway:
+    """A gateway whose head and body deadlines are short, so the test need not wait long."""
+    settings = gateway_settings(sim)
+    server = dataclasses.replace(settings.server, header_timeout=DEADLINE, body_timeout=DEADLINE)
+    return await start_gateway_for(sim, settings=dataclasses.replace(settings, server=server))
+
+
+async def test_a_head_that_trickles_in_gets_a_408_and_the_connection_closes(
+    impatient: RunningGateway,
+) -> None:
+    reader, writer = await asyncio.open_connection(str(impatient.server.host),
+                                                   impatient.server.port)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gate")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), PATIENCE)  # EOF: the gateway closed
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+async def test_an_order_body_that_trickles_in_gets_a_408_and_is_audited(
+    sim: RunningSimulator, impatient: RunningGateway
+) -> None:
+    reader, writer = await asyncio.open_connection(str(impatient.server.host),
+                                                   impatient.server.port)
+    try:
+        writer.write(f"POST /v1/markets/BCCBTC/orders HTTP/1.1\r\nHost: gateway\r\n"
+                     f"Authorization: Bearer {impatient.token()}\r\n"
+                     "Content-Type: application/x-www-form-urlencoded\r\n"
+                     "Content-Length: 100\r\nConnection: close\r\n\r\nside=1".encode())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), PATIENCE)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    refusals = await audit_events(impatient, kind="refusal")
+    assert [event["reason"] for event in refusals] == ["request_timeout"]
+    assert upstream_calls(await sim.stats()) == {}
+
+
+# --- 9. no software version in Server -----------------------------------------------------------
+
+
+async def test_no_response_names_the_software_version(gw: RunningGateway) -> None:
+    for path, token in ((TICKER, gw.token()), (TICKER, None), ("/nowhere", None),
+                        ("/healthz", None)):
+        _, _, headers = await gw.call("GET", path, token)
+        assert headers["Server"] == "expie-gateway", path
+
+
+# --- 6. WebSocket subscriptions name markets the exchange lists ---------------------------------
+
+
+@pytest.mark.parametrize(("method", "params"), [
+    ("depth.subscribe", ["NOPEBTC", 10, "0"]),
+    ("price.subscribe", ["BCCBTC", "NOPEBTC"]),
+    ("deals.subscribe", ["NOPEBTC"]),
+    ("depth.query", ["NOPEBTC", 10, "0"]),
+    ("price.query", ["NOPEBTC"]),
+])
+async def test_a_websocket_call_on_an_unknown_market_is_refused_before_the_exchange(
+    sim: RunningSimulator, gw: RunningGateway, method: str, params: list[Any]
+) -> None:
+    headers = {"Authorization": f"Bearer {gw.token()}"}
+    async with gw.http.ws_connect(gw.url("/ws"), headers=headers) as ws:
+        await ws.send_json({"method": method, "params": params, "id": 3})
+        reply = json.loads(await asyncio.wait_for(ws.receive_str(), PATIENCE))
+    assert reply["id"] == 3
+    # The gateway's own words: the exchange says only "invalid argument", or "success".
+    assert reply["error"] == {"code": 1, "message": "invalid argument: unknown market NOPEBTC"}
+    stats = await sim.stats()
+    assert all(not subscribed for subscribed in stats["subscriptions"].values()), stats
