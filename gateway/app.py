@@ -22,6 +22,7 @@ from gateway.auth.credentials import load_account_tokens, load_keyring, redis_pa
 from gateway.auth.external import ExternalIssuer, ExternalIssuers
 from gateway.auth.grants import ClientCredentialsGrant
 from gateway.auth.secret import Secret
+from gateway.auth.sign_in_throttle import SignInThrottle
 from gateway.auth.signing import KeyRing
 from gateway.auth.tokens import TokenIssuer, TokenVerifier
 from gateway.auth.users import UserDirectory, load_users
@@ -66,6 +67,11 @@ from gateway.stores.idempotency import (
 )
 from gateway.stores.kill_switch import KillSwitchStore, MemoryKillSwitchStore
 from gateway.stores.kill_switch_redis import RedisKillSwitchStore
+from gateway.stores.login_failures import (
+    LoginFailureStore,
+    MemoryLoginFailureStore,
+    RedisLoginFailureStore,
+)
 from gateway.stores.market_cache import (
     MarketCacheStore,
     MemoryMarketCacheStore,
@@ -139,8 +145,10 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     telemetry = app[TELEMETRY] = Telemetry()
     app[UPSTREAM] = UpstreamClient(settings.upstream, events=telemetry.upstream)
     telemetry.upstream.watch(app[UPSTREAM].breaker)
-    app[GRANT] = ClientCredentialsGrant(directory, issuer, auth.token_ttl)
     stores = _stores(settings, given, clock)
+    app[GRANT] = ClientCredentialsGrant(directory, issuer, auth.token_ttl, SignInThrottle(
+        stores.login_failures, MemoryLoginFailureStore(auth.sign_in.backoff),
+        concurrency=auth.sign_in.secret_checks, queue_wait=auth.sign_in.secret_check_wait))
     app[REVOCATIONS] = stores.revocations
     app[AUTHENTICATOR] = Authenticator(verifier, stores.revocations, directory)
     hub = app[FANOUT] = Hub(settings.ws, upstream_ws_url(settings.ws, settings.upstream.base_url),
@@ -224,6 +232,7 @@ class _Stores:
     ownership: OwnershipStore
     kill_switch: KillSwitchStore
     audit: AuditLog
+    login_failures: LoginFailureStore
     redis: Redis | None
 
 
@@ -236,18 +245,20 @@ def _stores(settings: Settings, given: Overrides, clock: Callable[[], float]) ->
         if client else MemoryRevocationStore(clock))
     market_cache = given.market_cache or (
         RedisMarketCacheStore(client, prefix) if client else MemoryMarketCacheStore(clock))
-    orders = settings.orders
+    orders, backoff = settings.orders, settings.auth.sign_in.backoff
     if client is None:
         return _Stores(revocations, market_cache, MemoryRateLimitStore(),
                        MemoryIdempotencyStore(clock), MemoryOwnershipStore(),
                        MemoryKillSwitchStore(orders.kill_switch.state_file),
-                       given.audit_log or open_audit_log(settings, None), None)
+                       given.audit_log or open_audit_log(settings, None),
+                       MemoryLoginFailureStore(backoff), None)
     return _Stores(
         revocations, market_cache, RedisRateLimitStore(client, prefix),
         RedisIdempotencyStore(client, prefix),
         RedisOwnershipStore(client, prefix, orders.ownership_ttl),
         RedisKillSwitchStore(client, prefix, orders.kill_switch.sync_interval),
-        given.audit_log or open_audit_log(settings, client), client)
+        given.audit_log or open_audit_log(settings, client),
+        RedisLoginFailureStore(client, prefix, backoff), client)
 
 
 def _stores_lifetime(stores: _Stores) -> Callable[[web.Application], AsyncIterator[None]]:

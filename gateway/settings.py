@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from gateway.core.backoff import BackoffPolicy
 from gateway.core.forwarded import Network
 from gateway.core.mapping_reader import ConfigError, MappingReader
 from gateway.order_settings import OrderSettings, parse_orders
@@ -97,6 +98,23 @@ class ExternalIssuerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SignInSettings:
+    """``POST /auth/token``: the backoff after failed attempts and the bound on secret checks."""
+
+    free_failures: int = 3
+    base_delay: float = 1.0
+    max_delay: float = 300.0
+    forget_after: float = 900.0
+    secret_checks: int = 2
+    secret_check_wait: float = 1.0
+
+    @property
+    def backoff(self) -> BackoffPolicy:
+        return BackoffPolicy(self.free_failures, self.base_delay, self.max_delay,
+                             self.forget_after)
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings:
     issuer: str = "expie-gateway"
     audience: str = "expie-gateway"
@@ -107,6 +125,7 @@ class AuthSettings:
     signing_key: str | None = None
     keys: tuple[KeySettings, ...] = ()
     external_issuers: tuple[ExternalIssuerSettings, ...] = ()
+    sign_in: SignInSettings = SignInSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,9 +339,27 @@ def _auth(section: MappingReader) -> AuthSettings:
         keys=keys,
         external_issuers=tuple(
             _external(s) for _, s in section.items("external_issuers", [], allow_empty=True)),
+        sign_in=_sign_in(section.section("sign_in", {})),
     )
     _check_keys(section, settings)
     section.done()
+    return settings
+
+
+def _sign_in(section: MappingReader) -> SignInSettings:
+    settings = SignInSettings(
+        free_failures=section.integer("free_failures", 3),
+        base_delay=section.number("base_delay", 1.0),
+        max_delay=section.number("max_delay", 300.0),
+        forget_after=section.number("forget_after", 900.0),
+        secret_checks=section.integer("secret_checks", 2, minimum=1, maximum=64),
+        secret_check_wait=section.number("secret_check_wait", 1.0),
+    )
+    section.done()
+    try:
+        settings.backoff  # noqa: B018 - its checks are the settings' checks
+    except ValueError as exc:
+        raise ConfigError(f"{section.key('base_delay')}: {exc}") from None
     return settings
 
 

@@ -16,6 +16,7 @@ from functools import cache
 from urllib.parse import unquote
 
 from gateway.auth.passwords import generate_client_secret, hash_secret, verify_secret
+from gateway.auth.sign_in_throttle import SecretChecksBusy, SignInThrottle, SignInThrottled
 from gateway.auth.tokens import TokenIssuer
 from gateway.auth.users import UserDirectory
 from gateway.core.principal import Scope, format_scopes
@@ -24,11 +25,13 @@ GRANT_TYPE = "client_credentials"
 
 
 class OAuthError(Exception):
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
+    def __init__(self, error: str, description: str, status: int = 400, *,
+                 retry_after: float | None = None) -> None:
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
+        self.retry_after = retry_after
 
     def body(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.description}
@@ -71,17 +74,32 @@ def _from_basic(encoded: str) -> ClientCredentials:
 
 
 class ClientCredentialsGrant:
-    def __init__(self, directory: UserDirectory, issuer: TokenIssuer, token_ttl: float) -> None:
+    def __init__(self, directory: UserDirectory, issuer: TokenIssuer, token_ttl: float,
+                 throttle: SignInThrottle) -> None:
         self._directory = directory
         self._issuer = issuer
         self._ttl = token_ttl
+        self._throttle = throttle
 
-    async def grant(self, credentials: ClientCredentials, scope: str | None) -> dict[str, object]:
-        user = self._directory.get(credentials.client_id)
-        stored = user.secret_hash if user and user.secret_hash else _decoy_hash()
-        valid = await asyncio.to_thread(verify_secret, credentials.client_secret, stored)
+    async def grant(self, credentials: ClientCredentials, scope: str | None,
+                    address: str | None) -> dict[str, object]:
+        """A token for the client whose secret checks out; throttled per client id and address."""
+        client_id = credentials.client_id
+        try:
+            await self._throttle.check(client_id, address)
+            user = self._directory.get(client_id)
+            stored = user.secret_hash if user and user.secret_hash else _decoy_hash()
+            async with self._throttle.secret_check():
+                valid = await asyncio.to_thread(verify_secret, credentials.client_secret, stored)
+        except SignInThrottled as exc:
+            raise OAuthError("slow_down", str(exc), 429, retry_after=exc.retry_after) from None
+        except SecretChecksBusy:
+            raise OAuthError("temporarily_unavailable", "too many sign-ins at once; retry",
+                             503, retry_after=1) from None
         if user is None or user.secret_hash is None or not valid:
+            await self._throttle.failed(client_id, address)
             raise OAuthError("invalid_client", "unknown client or wrong secret", 401)
+        await self._throttle.succeeded(client_id)
         scopes = _granted_scopes(user.scopes, scope)
         token, claims = self._issuer.issue(user.id, [s.value for s in scopes], self._ttl)
         return {

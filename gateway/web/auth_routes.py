@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from gateway.auth.grants import GRANT_TYPE, ClientCredentials, OAuthError, clien
 from gateway.errors import BadRequest, Unauthenticated
 from gateway.keys import AUTHENTICATOR, CLOCK, GRANT, JWKS_BODY, REVOCATIONS, SETTINGS
 from gateway.web.bodies import TOKEN_BODY_LIMIT, json_object, read_body
+from gateway.web.guard import caller_address
 
 FORM = "application/x-www-form-urlencoded"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -20,11 +22,13 @@ async def issue_token(request: web.Request) -> web.Response:
     """RFC 6749 §4.4; errors in the §5.2 shape rather than the gateway's own."""
     try:
         credentials, scope = await _token_request(request)
-        body = await request.app[GRANT].grant(credentials, scope)
+        body = await request.app[GRANT].grant(credentials, scope, caller_address(request))
     except OAuthError as exc:
         response = web.json_response(exc.body(), status=exc.status, headers=NO_STORE)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="expie-gateway"'
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return response
     return web.json_response(body, headers=NO_STORE)
 

@@ -12,11 +12,12 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from gateway.core.forwarded import client_address
 from gateway.core.principal import Principal, Scope
 from gateway.errors import Forbidden, GatewayError, InsufficientScope
-from gateway.keys import AUTHENTICATOR, PRINCIPAL, REQUEST_ID
+from gateway.keys import AUTHENTICATOR, PRINCIPAL, REQUEST_ID, SETTINGS
 from gateway.web.errors import error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,6 +41,13 @@ def request_id(request: web.BaseRequest) -> str:
 
 def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
+def caller_address(request: web.Request) -> str | None:
+    """The client's address: the peer's, or what trusted proxies say it is (``Forwarded``)."""
+    return client_address(request.remote, request.headers.get(hdrs.FORWARDED),
+                          request.headers.get(hdrs.X_FORWARDED_FOR),
+                          request.app[SETTINGS].server.trusted_proxies)
 
 
 def public(handler: Handler) -> Handler:

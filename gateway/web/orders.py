@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 import secrets
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
-from gateway.core.forwarded import client_address
 from gateway.core.principal import Scope
 from gateway.core.wire import wire_integer
 from gateway.errors import BadRequest, GatewayError
@@ -23,14 +22,13 @@ from gateway.keys import (
     ORDER_VIEWS,
     PRINCIPAL,
     REQUEST_ID,
-    SETTINGS,
 )
 from gateway.services.call_context import CallContext
 from gateway.services.order_desk import DeskAnswer
 from gateway.services.order_views import Page
 from gateway.web.bodies import ORDER_BODY_LIMIT, read_body
 from gateway.web.errors import error_response
-from gateway.web.guard import Handler, authenticate, check_access, request_id
+from gateway.web.guard import Handler, authenticate, caller_address, check_access, request_id
 from gateway.web.proxy import forward_to
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -125,10 +123,7 @@ def call_context(request: web.Request) -> CallContext:
     principal = request.get(PRINCIPAL)
     match = _TRACEPARENT.match(request.headers.get("traceparent", ""))
     trace_id = match.group(1) if match and match.group(1) != _NO_TRACE else secrets.token_hex(16)
-    client = client_address(request.remote, request.headers.get(hdrs.FORWARDED),
-                            request.headers.get(hdrs.X_FORWARDED_FOR),
-                            request.app[SETTINGS].server.trusted_proxies)
-    return CallContext(principal, request[REQUEST_ID], trace_id, client,
+    return CallContext(principal, request[REQUEST_ID], trace_id, caller_address(request),
                        request.headers.get("User-Agent"))
 
 
