@@ -46,6 +46,8 @@ WS_USERS: web.AppKey[Counter[str]] = web.AppKey("ws_users")
 ACCOUNT_TOKENS: web.AppKey[Mapping[str, Secret]] = web.AppKey("account_tokens")
 # The JWKS document rendered once: it changes only with the configuration.
 JWKS_BODY = web.AppKey("jwks_body", bytes)
+# The OpenAPI description rendered once: it changes only with the code.
+OPENAPI_BODY = web.AppKey("openapi_body", bytes)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -51,6 +51,7 @@ class ServerSettings:
     shutdown_timeout: float = 10.0
     header_timeout: float = 10.0
     body_timeout: float = 10.0
+    public_url: str | None = None
     trusted_proxies: tuple[Network, ...] = ()
 
 
@@ -274,10 +275,18 @@ def _server(section: MappingReader) -> ServerSettings:
         shutdown_timeout=section.number("shutdown_timeout", 10.0),
         header_timeout=section.number("header_timeout", 10.0),
         body_timeout=section.number("body_timeout", 10.0),
+        public_url=_public_url(section),
         trusted_proxies=_networks(section, "trusted_proxies"),
     )
     section.done()
     return settings
+
+
+def _public_url(section: MappingReader) -> str | None:
+    url = section.optional_text("public_url") if section.raw("public_url", None) != "" else None
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{section.key('public_url')}: expected an http:// or https:// URL")
+    return url.rstrip("/") if url else None
 
 
 def _networks(section: MappingReader, name: str) -> tuple[Network, ...]:

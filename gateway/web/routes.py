@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import hdrs, web
 
 from gateway.core.principal import Scope
 from gateway.errors import MethodNotAllowed, NotFound
+from gateway.keys import OPENAPI_BODY
 from gateway.web.admin import audit_records, list_kill_switches, set_kill_switch
 from gateway.web.auth_routes import issue_token, jwks, revoke
 from gateway.web.edge import name_the_server
 from gateway.web.exchange import EXCHANGE_ROUTES, exchange_handler
 from gateway.web.guard import protected, public
 from gateway.web.health import healthz, metrics, readyz
+from gateway.web.openapi import (
+    JWKS_PATH,
+    METADATA_PATH,
+    OPENAPI_PATH,
+    TOKEN_PATH,
+    oauth_metadata,
+    openapi,
+    openapi_document,
+)
 from gateway.web.orders import cancel_order, order_call, place_order
 from gateway.web.ws import websocket
 
@@ -35,8 +47,11 @@ def setup_routes(app: web.Application) -> None:
     for route in EXCHANGE_ROUTES:
         router.add_route(route.method, route.template,
                          protected(route.scope, exchange_handler(route)))
-    router.add_post("/auth/token", public(issue_token))
-    router.add_get("/.well-known/jwks.json", public(jwks), allow_head=False)
+    router.add_post(TOKEN_PATH, public(issue_token))
+    router.add_get(JWKS_PATH, public(jwks), allow_head=False)
+    app[OPENAPI_BODY] = json.dumps(openapi_document()).encode()
+    router.add_get(OPENAPI_PATH, public(openapi), allow_head=False)
+    router.add_get(METADATA_PATH, public(oauth_metadata), allow_head=False)
     router.add_post("/admin/tokens/revoke", protected(Scope.ADMIN, revoke))
     router.add_post("/admin/kill-switch", protected(Scope.ADMIN, set_kill_switch))
     router.add_get("/admin/kill-switch", protected(Scope.ADMIN, list_kill_switches),
