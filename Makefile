@@ -11,7 +11,7 @@ SIM_PORT ?= 8081
 REDIS_URL ?= redis://127.0.0.1:6379/0
 export REDIS_URL
 
-.PHONY: help demo test lint unit bench venv clean
+.PHONY: help demo test lint unit bench fuzz venv clean
 
 help:
 	@echo "make demo   start the simulator and the gateway in front of it, print a token and calls"
@@ -19,6 +19,7 @@ help:
 	@echo "make test   lint, make sure Redis answers, run the whole test suite"
 	@echo "make lint   ruff + mypy --strict + hadolint"
 	@echo "make bench  run every benchmark under bench/ (JSON to stdout and bench/results/)"
+	@echo "make fuzz   a long schema-driven fuzz of a live gateway (counts as JSON)"
 
 venv: $(STAMP)
 
@@ -55,6 +56,9 @@ bench: $(STAMP)
 	@mkdir -p bench/results
 	@set -e; for module in bench.simulator_rest bench.auth_overhead bench.market_data bench.order_path bench.ws_fanout; do \
 		echo ">>> $$module" >&2; $(BIN)/python -m $$module; done
+
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzzing --examples $(or $(EXAMPLES),300)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .run

@@ -6,6 +6,7 @@ Exception tree (rendered in one place, ``gateway.web.errors``):
   - ``BadRequest`` (400): the request is malformed; the message names the field.
     - ``MalformedRequest`` (400): not valid HTTP (aiohttp's parser refused it).
   - ``RequestTimeout`` (408): the head or the body took longer than its deadline.
+  - ``UpgradeRequired`` (426): a plain request to ``/ws``.
   - ``PayloadTooLarge`` (413), ``UriTooLong`` (414), ``HeadersTooLarge`` (431): over a size limit.
   - ``MalformedCredentials`` (400): a Bearer header that does not carry exactly one token.
   - ``Unauthenticated`` (401): no valid credentials; carries the RFC 6750 error and description.
@@ -177,6 +178,16 @@ class UriTooLong(GatewayError):
 class HeadersTooLarge(GatewayError):
     code = "headers_too_large"
     status = 431
+
+
+class UpgradeRequired(GatewayError):
+    """A plain request to the WebSocket endpoint (RFC 9110 §15.5.22)."""
+
+    code = "upgrade_required"
+    status = 426
+
+    def headers(self) -> dict[str, str]:
+        return {"Upgrade": "websocket", "Connection": "Upgrade"}
 
 
 class InternalError(GatewayError):

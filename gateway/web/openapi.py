@@ -225,7 +225,7 @@ def _own_paths() -> dict[str, Json]:
             {"200": _json_answer("a page of records"), **_AUTH_ERRORS, "503": _ERROR})},
         "/ws": {"get": _operation(
             "WebSocket upgrade: Expie's JSON-RPC through the fan-out.", Scope.MARKET_READ, [],
-            {"101": {"description": "switching protocols"}, **_AUTH_ERRORS})},
+            {"101": {"description": "switching protocols"}, **_AUTH_ERRORS, "426": _ERROR})},
         "/healthz": {"get": _operation("The process answers.", None, [],
                                        {"200": _json_answer("ok")})},
         "/readyz": {"get": _operation(

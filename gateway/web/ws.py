@@ -53,7 +53,13 @@ from gateway.core.rpc_params import (
     MarketsCall,
     parse_call,
 )
-from gateway.errors import GatewayError, InsufficientScope, NotFound, RateLimited
+from gateway.errors import (
+    GatewayError,
+    InsufficientScope,
+    NotFound,
+    RateLimited,
+    UpgradeRequired,
+)
 from gateway.fanout.hub import Hub, RpcFailure
 from gateway.keys import (
     ACCOUNT_TOKENS,
@@ -89,6 +95,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         # Counted before the upgrade awaits: concurrent upgrades cannot share the last slot.
         users[principal.user_id] += 1
     socket = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes, autoping=True)
+    if not socket.can_prepare(request).ok:
+        if principal is not None:
+            _release(users, principal.user_id)
+        return error_response(UpgradeRequired("GET /ws is a WebSocket: send Connection: Upgrade, "
+                                              "Upgrade: websocket and Sec-WebSocket-Key"),
+                              request_id(request))
     try:
         await socket.prepare(request)
     except BaseException:
