@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -65,7 +64,7 @@ def client_credentials(
 def _from_basic(encoded: str) -> ClientCredentials:
     try:
         decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not ASCII, not base64 (binascii.Error), not UTF-8
         raise OAuthError("invalid_request", "malformed Basic credentials") from exc
     client_id, colon, secret = decoded.partition(":")
     if not colon or not client_id:

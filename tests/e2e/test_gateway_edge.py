@@ -307,3 +307,17 @@ async def test_a_websocket_call_on_an_unknown_market_is_refused_before_the_excha
     assert reply["error"] == {"code": 1, "message": "invalid argument: unknown market NOPEBTC"}
     stats = await sim.stats()
     assert all(not subscribed for subscribed in stats["subscriptions"].values()), stats
+
+
+async def test_basic_credentials_with_a_non_ascii_byte_are_an_oauth_invalid_request(
+    gw: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = b"grant_type=client_credentials"
+    request = (b"POST /auth/token HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
+               b"Authorization: Basic \xc3\xa9\xc3\xa9\r\n"
+               b"Content-Type: application/x-www-form-urlencoded\r\n"
+               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    status, _, answer = await raw_request(gw, request)
+    assert status == 400
+    assert json.loads(answer)["error"] == "invalid_request"
+    assert errors_logged(caplog) == []
