@@ -45,6 +45,7 @@ from gateway.keys import (
     READ_LIMITS,
     REVOCATIONS,
     SETTINGS,
+    SETTLEMENTS,
     TELEMETRY,
     UPSTREAM,
     WS_USERS,
@@ -53,11 +54,12 @@ from gateway.lifecycle import Lifecycle
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.kill_switches import KillSwitches
 from gateway.services.market_data import MarketData
-from gateway.services.order_desk import OrderDesk
+from gateway.services.order_desk import OrderDesk, Settlement
 from gateway.services.order_views import OrderViews
 from gateway.services.pacing import AccountPacer
 from gateway.services.pre_trade import PreTradeChecks
 from gateway.services.read_limits import ReadLimits
+from gateway.services.write_spool import WriteSpool
 from gateway.settings import Settings
 from gateway.stores.audit import AuditLog, open_audit_log
 from gateway.stores.idempotency import (
@@ -186,12 +188,16 @@ def _setup_order_desk(
     checks = PreTradeChecks(orders, stores.kill_switch, stores.rate_limits,
                             AccountPacer(pacing.rate, pacing.burst, pacing.max_wait),
                             reference_price)
+    settlements = app[SETTLEMENTS] = WriteSpool(
+        "order settlements", Settlement.run, lambda item: item.what,
+        limit=settings.audit.spool_limit, retry_interval=settings.audit.spool_retry_interval)
     desk = app[ORDER_DESK] = OrderDesk(
         orders, upstream=app[UPSTREAM], tokens=tokens, directory=directory,
         market_data=app[MARKET_DATA], checks=checks, audit=audit,
         idempotency=stores.idempotency, ownership=stores.ownership, clock=clock,
-        events=app[TELEMETRY].orders)
+        events=app[TELEMETRY].orders, settlements=settlements)
     app[TELEMETRY].orders.watch_spool(lambda: audit.spooled)
+    app[TELEMETRY].orders.watch_settlements(lambda: settlements.spooled)
     app[KILL_SWITCHES] = KillSwitches(
         stores.kill_switch, desk=desk, views=views, market_data=app[MARKET_DATA], tokens=tokens,
         directory=directory, audit=audit, clock=clock)
@@ -247,8 +253,9 @@ def _stores(settings: Settings, given: Overrides, clock: Callable[[], float]) ->
         RedisMarketCacheStore(client, prefix) if client else MemoryMarketCacheStore(clock))
     orders, backoff = settings.orders, settings.auth.sign_in.backoff
     if client is None:
-        return _Stores(revocations, market_cache, MemoryRateLimitStore(),
-                       MemoryIdempotencyStore(clock), MemoryOwnershipStore(),
+        rate_limits = MemoryRateLimitStore()
+        return _Stores(revocations, market_cache, rate_limits,
+                       MemoryIdempotencyStore(clock, limits=rate_limits), MemoryOwnershipStore(),
                        MemoryKillSwitchStore(orders.kill_switch.state_file),
                        given.audit_log or open_audit_log(settings, None),
                        MemoryLoginFailureStore(backoff), None)
@@ -267,7 +274,9 @@ def _stores_lifetime(stores: _Stores) -> Callable[[web.Application], AsyncIterat
         await stores.kill_switch.start()
         await stores.audit.start()
         await app[AUDIT_TRAIL].start()
+        await app[SETTLEMENTS].start()
         yield
+        await app[SETTLEMENTS].close()
         await app[AUDIT_TRAIL].close()
         await stores.audit.close()
         await stores.kill_switch.close()

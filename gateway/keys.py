@@ -17,9 +17,10 @@ from gateway.lifecycle import Lifecycle
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.kill_switches import KillSwitches
 from gateway.services.market_data import MarketData
-from gateway.services.order_desk import OrderDesk
+from gateway.services.order_desk import OrderDesk, Settlement
 from gateway.services.order_views import OrderViews
 from gateway.services.read_limits import ReadLimits
+from gateway.services.write_spool import WriteSpool
 from gateway.settings import Settings
 from gateway.stores.revocation import RevocationStore
 from gateway.telemetry import Telemetry
@@ -38,6 +39,7 @@ ORDER_DESK = web.AppKey("order_desk", OrderDesk)
 ORDER_VIEWS = web.AppKey("order_views", OrderViews)
 KILL_SWITCHES = web.AppKey("kill_switches", KillSwitches)
 AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
+SETTLEMENTS = web.AppKey("settlements", WriteSpool[Settlement])
 READ_LIMITS = web.AppKey("read_limits", ReadLimits)
 FANOUT = web.AppKey("fanout", Hub)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

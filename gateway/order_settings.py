@@ -70,6 +70,9 @@ class RiskRules:
 class IdempotencySettings:
     ttl: float = 86_400.0
     wait: float = 15.0
+    # An in-flight claim holds this long unless renewed; renewed every third of it while the
+    # claimant waits, so only a dead (or cut-off) replica lets it lapse.
+    lease: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,8 @@ def parse_orders(section: MappingReader) -> OrderSettings:
         pacing=_pacing(section.section("pacing", {})),
         risk=parse_risk(section.section("risk", {}), RiskRules()),
         idempotency=IdempotencySettings(ttl=idempotency.number("ttl", 86_400.0),
-                                        wait=idempotency.number("wait", 15.0)),
+                                        wait=idempotency.number("wait", 15.0),
+                                        lease=idempotency.number("lease", 15.0)),
         ownership_ttl=section.number("ownership_ttl", 90 * 86_400.0),
         finished_scan_limit=section.integer("finished_scan_limit", 10_000, minimum=100),
         kill_switch=KillSwitchSettings(

@@ -28,6 +28,7 @@ FAILURES = "expie_gateway.upstream.failures"
 ORDER_CALLS = "expie_gateway.orders.calls"
 ORDER_REFUSALS = "expie_gateway.orders.refusals"
 AUDIT_SPOOLED = "expie_gateway.audit.spooled"
+SETTLEMENTS_SPOOLED = "expie_gateway.orders.settlements_spooled"
 WS_SLOW_CLOSED = "expie_gateway.ws.slow_consumers_closed"
 WS_CONFLATED = "expie_gateway.ws.depth_conflations"
 METER_NAME = "expie_gateway"
@@ -66,7 +67,13 @@ INSTRUMENTS = (
                "WebSocket clients closed (1013) for falling too far behind on price or deals."),
     Instrument(WS_CONFLATED, "counter",
                "Times a lagging WebSocket client's depth was conflated into a fresh snapshot."),
+    Instrument(SETTLEMENTS_SPOOLED, "gauge",
+               "Idempotency results and order owners waiting in memory for their store."),
 )
+
+
+def _description(name: str) -> str:
+    return next(instrument.description for instrument in INSTRUMENTS if instrument.name == name)
 
 
 class UpstreamMetrics:
@@ -104,7 +111,7 @@ class UpstreamMetrics:
 
 
 class OrderMetrics:
-    """The order desk's ``DeskEvents``, and the audit spool gauge."""
+    """The order desk's ``DeskEvents``, and the gauges of its spools (audit, settlements)."""
 
     def __init__(self, meter: Meter) -> None:
         self._calls = meter.create_counter(ORDER_CALLS, unit="1",
@@ -114,6 +121,9 @@ class OrderMetrics:
         self._spooled: list[Callable[[], int]] = []
         meter.create_observable_gauge(AUDIT_SPOOLED, callbacks=[self._observe],
                                       description=INSTRUMENTS[5].description)
+        self._settlements: list[Callable[[], int]] = []
+        meter.create_observable_gauge(SETTLEMENTS_SPOOLED, callbacks=[self._observe_settlements],
+                                      description=_description(SETTLEMENTS_SPOOLED))
 
     def sent(self, action: str, outcome: str) -> None:
         self._calls.add(1, {"action": action, "outcome": outcome})
@@ -124,8 +134,14 @@ class OrderMetrics:
     def watch_spool(self, spooled: Callable[[], int]) -> None:
         self._spooled.append(spooled)
 
+    def watch_settlements(self, spooled: Callable[[], int]) -> None:
+        self._settlements.append(spooled)
+
     def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(sum(count() for count in self._spooled))]
+
+    def _observe_settlements(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(sum(count() for count in self._settlements))]
 
 
 class FanoutMetrics:

@@ -3,12 +3,11 @@
 Owns the policy between callers and the ``AuditLog``: an order's *intent* must be stored before
 the order is forwarded (``write_ahead`` fails closed with ``StoreUnavailable``, code
 ``audit_unavailable``, and the desk refuses the order); everything else (outcomes, refusals,
-admin actions) must never make a request fail after the fact, so ``record`` keeps what the log
-cannot take in an in-process FIFO spool and a background task retries it every
-``retry_interval`` until written. While the spool holds anything, new records queue behind it,
-so the chain keeps their order. A full spool drops the record with an error log naming it and
-counts it (``dropped``). Also ``search`` (filters and a cursor, for ``GET /admin/audit``) and
-``verify_log`` (the whole chain, for ``audit verify``).
+admin actions) must never make a request fail after the fact, so ``record`` goes through a
+``WriteSpool``: what the log cannot take is kept in order and retried every ``retry_interval``
+until written (new records queue behind it, so the chain keeps their order; a full spool drops
+the record with an error log naming it and counts it, ``dropped``). Also ``search`` (filters
+and a cursor, for ``GET /admin/audit``) and ``verify_log`` (the whole chain, for ``audit verify``).
 
 It does not own the log's lifetime (whoever opened it starts and closes it) or build records.
 """
@@ -16,8 +15,6 @@ It does not own the log's lifetime (whoever opened it starts and closes it) or b
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,9 +27,8 @@ from gateway.core.audit_chain import (
     verify_chain,
 )
 from gateway.errors import StoreUnavailable
+from gateway.services.write_spool import WriteSpool
 from gateway.stores.audit import AuditLog
-
-logger = logging.getLogger(__name__)
 
 UNAVAILABLE = "audit_unavailable"
 _READ_BATCH = 1000
@@ -76,48 +72,25 @@ class AuditTrail:
     def __init__(self, log: AuditLog, *, spool_limit: int, retry_interval: float,
                  max_scan: int = 50_000, flush_timeout: float = 5.0) -> None:
         self._log = log
-        self._spool: deque[AuditEvent] = deque()
-        self._spool_limit = spool_limit
-        self._interval = retry_interval
+        self._spool: WriteSpool[AuditEvent] = WriteSpool(
+            "audit trail", log.append, _describe, limit=spool_limit,
+            retry_interval=retry_interval, flush_timeout=flush_timeout, noun="records")
         self._max_scan = max_scan
-        self._flush_timeout = flush_timeout
-        self._dropped = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._delivering: set[asyncio.Task[None]] = set()
 
     @property
     def spooled(self) -> int:
-        return len(self._spool)
+        return self._spool.spooled
 
     @property
     def dropped(self) -> int:
-        return self._dropped
+        return self._spool.dropped
 
     async def start(self) -> None:
-        if self._task is None:
-            self._closing = False
-            self._task = asyncio.create_task(self._retry_loop(), name="audit-spool")
+        await self._spool.start()
 
     async def close(self) -> None:
         """Stop retrying, then try to write the spool for up to ``flush_timeout`` seconds."""
-        task, self._task = self._task, None
-        self._closing = True  # redis-py may swallow the cancel: the loop checks this too
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-        if self._delivering:
-            await asyncio.wait(self._delivering, timeout=self._flush_timeout)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._flush_timeout
-        while self._spool and loop.time() < deadline:
-            if not await self._drain(deadline):
-                await asyncio.sleep(min(self._interval, 0.1))
-        if self._spool:
-            lost = ", ".join(f"{event.kind}:{event.id}" for event in self._spool)
-            logger.error("audit trail: %d records could not be written and are lost: %s",
-                         len(self._spool), lost)
+        await self._spool.close()
 
     async def write_ahead(self, event: AuditEvent) -> AuditRecord:
         """Store ``event`` now; ``StoreUnavailable`` when it cannot be (refuse the order)."""
@@ -130,13 +103,7 @@ class AuditTrail:
     async def record(self, event: AuditEvent) -> None:
         """Store ``event`` now, or spool it for later; never raises. The write goes on if the
         caller is cancelled (a client that hangs up does not erase an outcome)."""
-        if self._spool:
-            self._enqueue(event)
-            return
-        task = asyncio.ensure_future(self._deliver(event))
-        self._delivering.add(task)
-        task.add_done_callback(self._delivering.discard)
-        await asyncio.shield(task)
+        await self._spool.put(event)
 
     async def search(self, query: AuditQuery) -> AuditPage:
         """Matching records after ``query.after_seq``, reading at most ``max_scan`` records."""
@@ -154,48 +121,9 @@ class AuditTrail:
                         return AuditPage(found, cursor)
         return AuditPage(found, cursor)
 
-    async def _deliver(self, event: AuditEvent) -> None:
-        try:
-            await self._log.append(event)
-        except StoreUnavailable as exc:
-            if not self._spool:
-                logger.warning("audit trail: the audit log is unavailable (%s); spooling "
-                               "records in memory and retrying", exc)
-            self._enqueue(event)
 
-    def _enqueue(self, event: AuditEvent) -> None:
-        if len(self._spool) >= self._spool_limit:
-            self._dropped += 1
-            logger.error("audit trail: spool full (%d records); dropped %s %s record %s of "
-                         "request %s", self._spool_limit, event.kind, event.action, event.id,
-                         event.request_id)
-            return
-        self._spool.append(event)
-        self._wake.set()
-
-    async def _retry_loop(self) -> None:
-        while not self._closing:
-            if not self._spool:
-                self._wake.clear()
-                await self._wake.wait()
-            elif not await self._drain(None):
-                await asyncio.sleep(self._interval)
-
-    async def _drain(self, deadline: float | None) -> bool:
-        """Write the spool in order; False at the first failure (or the deadline)."""
-        loop, written = asyncio.get_running_loop(), 0
-        while self._spool and (deadline is None or loop.time() < deadline):
-            if deadline is None and self._closing:
-                return False
-            try:
-                await self._log.append(self._spool[0])
-            except StoreUnavailable:
-                return False
-            self._spool.popleft()  # only once stored: newer records stay queued behind it
-            written += 1
-        if written and not self._spool:
-            logger.info("audit trail: the audit log is back; %d spooled records written", written)
-        return not self._spool
+def _describe(event: AuditEvent) -> str:
+    return f"{event.kind} {event.action} record {event.id} of request {event.request_id}"
 
 
 async def verify_log(log: AuditLog, *, batch: int = _READ_BATCH) -> Verification:

@@ -1,30 +1,36 @@
 """The order desk: placing and cancelling orders for the desk's users, once, audited.
 
-One journey for both calls (``_submit``): idempotency claim -> pre-trade checks (kill switch,
-risk, limits, pacing) -> audit *intent*, durably stored, or the call is refused with 503 and
-never sent -> the exchange, with the account's token -> audit *outcome* -> the owner of a new
-order and the idempotent result are remembered. Every refusal on the way is audited and reaches
-the caller as the ``GatewayError`` it is; errors from the exchange pass through unchanged.
+One journey for both calls (``_submit``): the screens (kill switch and risk for a place, the
+owner for a cancel) -> the idempotency claim and the rate limits, decided in one atomic step (a
+replay is answered from the store before any limit or pacing is spent) -> pacing -> audit
+*intent*, durably stored, or the call is refused with 503 and never sent -> the exchange, with
+the account's token (the claim's lease renewed while it waits) -> audit *outcome* -> the owner of
+a new order and the idempotent result are remembered. Every refusal on the way is audited and
+reaches the caller as the ``GatewayError`` it is; errors from the exchange pass through unchanged.
 
 Outcomes: 2xx accepted; 4xx rejected; 502/503, or a connection that never opened, an upstream
 error the exchange did not act on (an idempotency key is then released, so a retry is fresh);
 anything else — a timeout after sending, a dropped connection, another 5xx — unknown: the key
-remembers that and a replay answers 409 with the intent's audit id instead of guessing.
+remembers that and a replay answers 409 with the intent's audit id instead of guessing. The
+outcome, the key's result and the owner are written through spools: a store that is down for a
+while delays them, never drops them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gateway.auth.secret import Secret
 from gateway.auth.users import User, UserDirectory
-from gateway.core.audit_chain import AuditRecord, Kind, Outcome
+from gateway.core.audit_chain import AuditEvent, AuditRecord, Kind, Outcome
 from gateway.core.orders import (
     FORM_CONTENT_TYPE,
     MarketRules,
@@ -48,8 +54,10 @@ from gateway.services.audit_trail import AuditTrail
 from gateway.services.call_context import CallContext, Step, audit_event
 from gateway.services.market_data import Endpoint, MarketData
 from gateway.services.pre_trade import PreTradeChecks
+from gateway.services.write_spool import WriteSpool
 from gateway.stores.idempotency import Claim, ClaimState, IdempotencyStore, StoredResponse
 from gateway.stores.ownership import OwnershipStore
+from gateway.stores.rate_limits import LimitCheck, headers
 from gateway.upstream.rest import UpstreamClient, UpstreamResponse
 
 logger = logging.getLogger(__name__)
@@ -87,7 +95,20 @@ class _Submission:
     body: bytes | None
     content_type: str | None
     idempotency_key: str | None
-    checks: Callable[[], Awaitable[dict[str, str]]]
+    screen: Callable[[], Awaitable[None]]  # refusals that need no shared state spent
+    limits: tuple[LimitCheck, ...]  # the rate limits to spend (none for a kill switch's cancel)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A write the desk owes after an order call: the idempotency key's result or the owner of a
+    new order. Spooled until its store takes it."""
+
+    what: str
+    write: Callable[[], Awaitable[object]]
+
+    async def run(self) -> None:
+        await self.write()
 
 
 class OrderDesk:
@@ -96,6 +117,7 @@ class OrderDesk:
         tokens: Mapping[str, Secret], directory: UserDirectory, market_data: MarketData,
         checks: PreTradeChecks, audit: AuditTrail, idempotency: IdempotencyStore,
         ownership: OwnershipStore, clock: Callable[[], float], events: DeskEvents,
+        settlements: WriteSpool[Settlement],
     ) -> None:
         self._settings = settings
         self._upstream = upstream
@@ -108,6 +130,7 @@ class OrderDesk:
         self._ownership = ownership
         self._clock = clock
         self._events = events
+        self._settlements = settlements
         self._rules: tuple[bytes, dict[str, MarketRules]] = (b"", {})
 
     async def place(
@@ -128,7 +151,8 @@ class OrderDesk:
         return await self._submit(context, _Submission(
             principal.account, "place", market, order.params(), order.fingerprint(),
             f"/v1/markets/{market}/orders", order.form_body(), FORM_CONTENT_TYPE,
-            idempotency_key, lambda: self._checks.before_place(principal, user, order)))
+            idempotency_key, lambda: self._checks.before_place(principal, user, order),
+            self._checks.limit_checks(principal, user, "place")))
 
     async def cancel(
         self, context: CallContext, market: str, order_id: int, idempotency_key: str | None
@@ -142,26 +166,24 @@ class OrderDesk:
             raise
         user = self._user(principal)
 
-        async def owned_and_admitted() -> dict[str, str]:
-            # One round trip of latency for both; a refused cancel still counts against the limit.
-            _, headers = await asyncio.gather(self.require_owner(principal, order_id),
-                                              self._checks.before_cancel(principal, user))
-            return headers
+        async def owned() -> None:
+            await self._checks.before_cancel(principal)
+            await self.require_owner(principal, order_id)
 
         return await self._submit(context, self._cancel_submission(
-            principal.account, market, order_id, idempotency_key, owned_and_admitted))
+            principal.account, market, order_id, idempotency_key, owned,
+            self._checks.limit_checks(principal, user, "cancel")))
 
     async def cancel_for_kill_switch(
         self, context: CallContext, account: str, market: str, order_id: int
     ) -> DeskAnswer:
         """A cancel on behalf of a kill switch: audited like any, paced, not rate-limited."""
 
-        async def paced() -> dict[str, str]:
-            await self._checks.pace(account)
-            return {}
+        async def nothing() -> None:
+            return None
 
         return await self._submit(
-            context, self._cancel_submission(account, market, order_id, None, paced))
+            context, self._cancel_submission(account, market, order_id, None, nothing, ()))
 
     async def require_owner(self, principal: Principal, order_id: int) -> None:
         """``NotFound`` unless ``principal`` may see order ``order_id`` of its account."""
@@ -182,67 +204,114 @@ class OrderDesk:
 
     def _cancel_submission(
         self, account: str, market: str, order_id: int, idempotency_key: str | None,
-        checks: Callable[[], Awaitable[dict[str, str]]],
+        screen: Callable[[], Awaitable[None]], limits: tuple[LimitCheck, ...],
     ) -> _Submission:
         fingerprint = hashlib.sha256(f"cancel\0{market}\0{order_id}".encode()).hexdigest()
         return _Submission(
             account, "cancel", market, {"order_id": str(order_id)}, fingerprint,
-            f"/v1/markets/{market}/orders/{order_id}/_cancel", None, None, idempotency_key, checks)
+            f"/v1/markets/{market}/orders/{order_id}/_cancel", None, None, idempotency_key,
+            screen, limits)
 
     async def _submit(self, context: CallContext, submission: _Submission) -> DeskAnswer:
         key = submission.idempotency_key
-        if key is None:
-            checked = await _attempt(submission.checks)
-        else:
-            # The claim and the checks run together (one round trip of latency, not two): a
-            # replay or a conflict therefore still counts against the caller's limits.
-            replay, checked = await asyncio.gather(
-                self._claim(context, submission, key), _attempt(submission.checks))
-            if replay is not None:
-                return replay
+        # Built before the claim so the claim can name it: a lapsed claim points at its intent.
+        intent_event = audit_event(context, self._step(submission, Kind.INTENT), self._clock)
         try:
-            if isinstance(checked, GatewayError):
-                raise checked
-            intent = await self._audit.write_ahead(audit_event(context, self._step(
-                submission, Kind.INTENT), self._clock))
+            screened = await _attempt(submission.screen)
+            if key is None:
+                if screened is not None:
+                    raise screened
+                admitted = await self._admit(context, submission)
+            else:
+                claimed = await self._claim(context, submission, key, intent_event, screened)
+                if isinstance(claimed, DeskAnswer):
+                    return claimed
+                admitted = claimed
         except GatewayError as exc:
-            await self._release(context, key)
             await self.refused(context, submission.action, submission.market,
                                submission.params, exc, key)
             raise
-        return await self._forward(context, submission, intent, checked)
+        async with self._lease(context, key):
+            try:
+                if key is not None:
+                    await self._checks.pace(submission.account)
+                intent = await self._audit.write_ahead(intent_event)
+            except GatewayError as exc:
+                await self._release(context, key)
+                await self.refused(context, submission.action, submission.market,
+                                   submission.params, exc, key)
+                raise
+            return await self._forward(context, submission, intent, admitted)
+
+    async def _admit(self, context: CallContext, submission: _Submission) -> dict[str, str]:
+        """An unkeyed call's limits and pacing; its ``RateLimit-*`` headers."""
+        if not submission.limits:
+            await self._checks.pace(submission.account)
+            return {}
+        return await self._checks.admit(_known(context), submission.action, submission.limits)
 
     async def _claim(
-        self, context: CallContext, submission: _Submission, key: str
-    ) -> DeskAnswer | None:
-        """None when this call owns ``key`` now; the stored answer for a replay."""
-        try:
-            claim = await self._wait_for_claim(_known(context).user_id, key, submission.fingerprint)
-            if claim.state is ClaimState.NEW:
-                return None
-            if claim.state is ClaimState.REPLAY and claim.response is not None:
-                stored = claim.response
-                return DeskAnswer(stored.status, stored.body, stored.content_type,
-                                  {"Idempotent-Replayed": "true"})
-            raise _claim_error(claim, key)
-        except GatewayError as exc:
-            await self.refused(context, submission.action, submission.market,
-                               submission.params, exc, key)
-            raise
+        self, context: CallContext, submission: _Submission, key: str, intent: AuditEvent,
+        screened: GatewayError | None,
+    ) -> DeskAnswer | dict[str, str]:
+        """The stored answer for a replay; else this call owns ``key`` now (its limits spent)
+        and gets its ``RateLimit-*`` headers. Refusals raise."""
+        claim = await self._wait_for_claim(context, submission, key, intent.id, screened is None)
+        if claim.state is ClaimState.NEW:
+            return headers(claim.decision) if claim.decision is not None else {}
+        if claim.state is ClaimState.REPLAY and claim.response is not None:
+            stored = claim.response
+            return DeskAnswer(stored.status, stored.body, stored.content_type,
+                              {"Idempotent-Replayed": "true"})
+        if claim.state is ClaimState.ABSENT:
+            if screened is not None:
+                raise screened
+            if claim.decision is not None:
+                raise self._checks.refusal(_known(context), submission.action, claim.decision)
+        raise _claim_error(claim, key)
 
-    async def _wait_for_claim(self, user: str, key: str, fingerprint: str) -> Claim:
+    async def _wait_for_claim(
+        self, context: CallContext, submission: _Submission, key: str, intent_ref: str,
+        screened: bool,
+    ) -> Claim:
         """The claim, waiting (bounded) while another call with the same key is in flight."""
-        ttl = self._settings.idempotency.ttl
-        deadline = asyncio.get_running_loop().time() + self._settings.idempotency.wait
+        settings = self._settings.idempotency
+        deadline = asyncio.get_running_loop().time() + settings.wait
         pause = _FIRST_POLL
-        claim = await self._idempotency.claim(user, key, fingerprint, ttl)
-        while claim.state is ClaimState.IN_FLIGHT:
-            if asyncio.get_running_loop().time() + pause > deadline:
-                break
+        while True:
+            claim = await self._idempotency.claim(
+                _known(context).user_id, key, submission.fingerprint, settings.ttl,
+                lease=settings.lease, intent_ref=intent_ref, checks=submission.limits,
+                screened=screened)
+            if (claim.state is not ClaimState.IN_FLIGHT
+                    or asyncio.get_running_loop().time() + pause > deadline):
+                return claim
             await asyncio.sleep(pause)
             pause = min(pause * 2, _MAX_POLL)
-            claim = await self._idempotency.claim(user, key, fingerprint, ttl)
-        return claim
+
+    @contextlib.asynccontextmanager
+    async def _lease(self, context: CallContext, key: str | None) -> AsyncIterator[None]:
+        """While the body runs, the claim of ``key`` is renewed every third of its lease."""
+        if key is None:
+            yield
+            return
+        renewing = asyncio.create_task(self._renew(_known(context).user_id, key))
+        try:
+            yield
+        finally:
+            renewing.cancel()
+            await asyncio.wait([renewing])
+
+    async def _renew(self, user: str, key: str) -> None:
+        lease = self._settings.idempotency.lease
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                await self._idempotency.renew(user, key, lease)
+            except StoreUnavailable:
+                # Retried at the next third; if the lease lapses the key reads "unknown" and
+                # the reconciler settles it from the exchange's own state.
+                logger.warning("the idempotency lease of %s could not be renewed", user)
 
     async def _forward(
         self, context: CallContext, submission: _Submission, intent: AuditRecord,
@@ -284,35 +353,31 @@ class OrderDesk:
         intent: AuditRecord,
     ) -> None:
         ttl = self._settings.idempotency.ttl
-        try:
-            if outcome is Outcome.UNKNOWN:
-                await self._idempotency.mark_unknown(user, key, intent.event.id, ttl)
-            elif outcome is Outcome.UPSTREAM_ERROR or answer is None:
-                await self._idempotency.release(user, key)
-            else:
-                await self._idempotency.complete(user, key, StoredResponse(
-                    answer.status, answer.body, answer.content_type), ttl)
-        except StoreUnavailable:
-            # The key stays "in flight": replays answer 409 until it expires — never a resend.
-            logger.exception("idempotency key of %s could not be settled (intent %s)", user,
-                         intent.event.id)
+        store = self._idempotency
+        if outcome is Outcome.UNKNOWN:
+            write = functools.partial(store.mark_unknown, user, key, intent.event.id, ttl)
+            what = "unknown"
+        elif outcome is Outcome.UPSTREAM_ERROR or answer is None:
+            write, what = functools.partial(store.release, user, key), "released"
+        else:
+            response = StoredResponse(answer.status, answer.body, answer.content_type)
+            write, what = functools.partial(store.complete, user, key, response, ttl), "answered"
+        await self._settlements.put(Settlement(
+            f"idempotency key of {user} {what} (intent {intent.event.id})", write))
 
     async def _release(self, context: CallContext, key: str | None) -> None:
         if key is None:
             return
-        try:
-            await self._idempotency.release(_known(context).user_id, key)
-        except StoreUnavailable:
-            logger.warning("idempotency key of %s could not be released",
-                           _known(context).user_id)
+        user = _known(context).user_id
+        await self._settlements.put(Settlement(
+            f"idempotency key of {user} released (refused before sending)",
+            functools.partial(self._idempotency.release, user, key)))
 
     async def _remember_owner(self, principal: Principal, order_id: int) -> None:
-        try:
-            await self._ownership.record(principal.account, order_id, principal.user_id)
-        except StoreUnavailable:
-            # The outcome record names user and order: the owner can be restored from the trail.
-            logger.exception("owner of order %d (user %s) could not be recorded", order_id,
-                         principal.user_id)
+        await self._settlements.put(Settlement(
+            f"owner {principal.user_id} of order {order_id}",
+            functools.partial(self._ownership.record, principal.account, order_id,
+                              principal.user_id)))
 
     async def _market_rules(self, market: str, account: str) -> MarketRules:
         answer = await self._market_data.fetch(Endpoint.MARKETS, None, self._tokens[account])
@@ -344,14 +409,13 @@ def _known(context: CallContext) -> Principal:
     return context.principal
 
 
-async def _attempt(
-    checks: Callable[[], Awaitable[dict[str, str]]],
-) -> dict[str, str] | GatewayError:
-    """The checks' headers, or the refusal they raised (so it can wait for the claim)."""
+async def _attempt(screen: Callable[[], Awaitable[None]]) -> GatewayError | None:
+    """The refusal ``screen`` raised, or None (a replay is answered even when it refuses)."""
     try:
-        return await checks()
+        await screen()
     except GatewayError as exc:
         return exc
+    return None
 
 
 def _as_submitted(fields: Mapping[str, str]) -> dict[str, str]:

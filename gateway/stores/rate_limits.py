@@ -46,6 +46,7 @@ Clock = Callable[[], float]
 _CODE = "rate_limit_unavailable"
 _MICROS = 1_000_000
 _MEMBER_BYTES = 12
+_KEYS = "ratelimit:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,10 @@ class MemoryRateLimitStore:
         self._since_sweep = 0
 
     async def acquire(self, checks: Sequence[LimitCheck]) -> Decision:
+        return self.acquire_now(checks)
+
+    def acquire_now(self, checks: Sequence[LimitCheck]) -> Decision:
+        """``acquire`` without suspending: atomic with whatever the caller does around it."""
         _validate(checks)
         now = self._clock()
         logs = [(check, self._log(check, now)) for check in checks]
@@ -238,32 +243,50 @@ def _memory_usage(log: _Log, count: int, now: float) -> _Usage:
 
 # --- Redis --------------------------------------------------------------------------------------
 
-# KEYS[i]: check i's zset. ARGV[1]: a member unique to this request; ARGV[2i], ARGV[2i+1]: check
-# i's count and window (microseconds). Returns {admitted, then per check: used, frees_at}, times
-# in server microseconds (integers: a Lua number in a reply is truncated).
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local used, full = {}, false
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - tonumber(ARGV[2 * i + 1]))
-  used[i] = redis.call('ZCARD', key)
-  if used[i] >= tonumber(ARGV[2 * i]) then full = true end
+# Lua shared by every script that decides limits (this store's, and the idempotency store's
+# claim, which decides a keyed order's limits in the same script). ``check_limits`` purges each
+# zset and says whether any is full; ``settle_limits`` counts an admitted request in each and
+# appends, per check, its use and when its freeing entry expires. Times are server microseconds
+# (integers: a Lua number in a reply is truncated). ``args`` holds count, window per check.
+LIMITS_LUA = """
+local function server_micros()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local reply = {full and 0 or 1, now}
-for i, key in ipairs(KEYS) do
-  local count, window = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  if not full then
-    redis.call('ZADD', key, now, ARGV[1])
-    redis.call('PEXPIRE', key, math.ceil(window / 1000))
-    used[i] = used[i] + 1
+local function check_limits(keys, args, now)
+  local used, full = {}, false
+  for i, key in ipairs(keys) do
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - tonumber(args[2 * i]))
+    used[i] = redis.call('ZCARD', key)
+    if used[i] >= tonumber(args[2 * i - 1]) then full = true end
   end
-  local at = math.max(0, used[i] - count)
-  local entry = redis.call('ZRANGE', key, at, at, 'WITHSCORES')
-  reply[#reply + 1] = used[i]
-  reply[#reply + 1] = entry[2] and (tonumber(entry[2]) + window) or now
+  return used, full
 end
-return reply
+local function settle_limits(keys, args, now, member, used, full, reply)
+  for i, key in ipairs(keys) do
+    local count, window = tonumber(args[2 * i - 1]), tonumber(args[2 * i])
+    if not full then
+      redis.call('ZADD', key, now, member)
+      redis.call('PEXPIRE', key, math.ceil(window / 1000))
+      used[i] = used[i] + 1
+    end
+    local at = math.max(0, used[i] - count)
+    local entry = redis.call('ZRANGE', key, at, at, 'WITHSCORES')
+    reply[#reply + 1] = used[i]
+    reply[#reply + 1] = entry[2] and (tonumber(entry[2]) + window) or now
+  end
+  return reply
+end
+"""
+
+# KEYS[i]: check i's zset. ARGV[1]: a member unique to this request, then count and window
+# (microseconds) per check. Returns {admitted, now, then per check: used, frees_at}.
+_ACQUIRE = LIMITS_LUA + """
+local args = {}
+for i = 2, #ARGV do args[#args + 1] = ARGV[i] end
+local now = server_micros()
+local used, full = check_limits(KEYS, args, now)
+return settle_limits(KEYS, args, now, ARGV[1], used, full, {full and 0 or 1, now})
 """
 
 
@@ -271,37 +294,55 @@ class RedisRateLimitStore:
     """Limits shared through Redis by every replica (layout: the module docstring)."""
 
     def __init__(self, client: redis.asyncio.Redis, prefix: str) -> None:
-        self._prefix = f"{prefix}ratelimit:"
+        self._prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
 
     async def acquire(self, checks: Sequence[LimitCheck]) -> Decision:
         _validate(checks)
-        keys = [self._prefix + check.key for check in checks]
-        args: list[str | int] = [secrets.token_hex(_MEMBER_BYTES)]
-        for check in checks:
-            args += [check.limit.count, _micros(check.limit.window)]
         with _unavailable():
-            reply = await self._acquire(keys=keys, args=args)
-        allowed, usage = _parse_reply(reply, len(checks))
-        return _decide(checks, usage, allowed)
+            reply = await self._acquire(keys=redis_limit_keys(self._prefix, checks),
+                                        args=[limit_member(), *redis_limit_args(checks)])
+        if not isinstance(reply, list) or not reply or not isinstance(reply[0], int):
+            raise _unexpected()
+        return decision_of_reply(checks, reply[1:], allowed=bool(reply[0]))
 
     async def close(self) -> None:
         return None  # the client belongs to whoever built it
 
 
-def _micros(seconds: float) -> int:
-    return max(1, round(seconds * _MICROS))
+def redis_limit_keys(prefix: str, checks: Sequence[LimitCheck]) -> list[str]:
+    """The zsets of ``checks`` under the store prefix ``prefix`` (what ``LIMITS_LUA`` takes)."""
+    return [f"{prefix}{_KEYS}{check.key}" for check in checks]
 
 
-def _parse_reply(reply: object, checks: int) -> tuple[bool, list[_Usage]]:
-    if (not isinstance(reply, list) or len(reply) != 2 + 2 * checks
-            or not all(isinstance(item, int) for item in reply)):
-        raise StoreUnavailable("the rate-limit store (Redis) answered with an unexpected reply",
-                               code=_CODE)
-    allowed, now, *rest = reply
+def redis_limit_args(checks: Sequence[LimitCheck]) -> list[int]:
+    """Count and window (microseconds) per check, as ``LIMITS_LUA``'s ``args``."""
+    args: list[int] = []
+    for check in checks:
+        args += [check.limit.count, max(1, round(check.limit.window * _MICROS))]
+    return args
+
+
+def limit_member() -> str:
+    """A zset member unique to one request."""
+    return secrets.token_hex(_MEMBER_BYTES)
+
+
+def decision_of_reply(checks: Sequence[LimitCheck], reply: Sequence[object], *,
+                      allowed: bool) -> Decision:
+    """The decision of ``settle_limits``'s reply: ``now``, then use and frees_at per check."""
+    numbers = [item for item in reply if isinstance(item, int)]
+    if len(numbers) != len(reply) or len(numbers) != 1 + 2 * len(checks):
+        raise _unexpected()
+    now, *rest = numbers
     usage = [_Usage(used, (frees_at - now) / _MICROS)
              for used, frees_at in zip(rest[::2], rest[1::2], strict=True)]
-    return bool(allowed), usage
+    return _decide(checks, usage, allowed)
+
+
+def _unexpected() -> StoreUnavailable:
+    return StoreUnavailable("the rate-limit store (Redis) answered with an unexpected reply",
+                            code=_CODE)
 
 
 def _unavailable() -> AbstractContextManager[None]:

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.keys import AUDIT_TRAIL, KILL_SWITCHES, LIFECYCLE, REVOCATIONS, TELEMETRY, UPSTREAM
+from gateway.keys import (
+    AUDIT_TRAIL,
+    KILL_SWITCHES,
+    LIFECYCLE,
+    REVOCATIONS,
+    SETTLEMENTS,
+    TELEMETRY,
+    UPSTREAM,
+)
 from gateway.telemetry import PROMETHEUS_CONTENT_TYPE
 
 
@@ -37,6 +45,8 @@ async def readyz(request: web.Request) -> web.Response:
             "upstream_circuit": upstream.circuit_state.value,
         },
         "audit_spool": {"pending": audit.spooled, "dropped": audit.dropped},
+        "settlement_spool": {"pending": app[SETTLEMENTS].spooled,
+                             "dropped": app[SETTLEMENTS].dropped},
     }
     return web.json_response(body, status=200 if status == "ready" else 503)
 

@@ -25,6 +25,7 @@ from gateway.stores.idempotency import (
     RedisIdempotencyStore,
     StoredResponse,
 )
+from gateway.stores.rate_limits import Limit, LimitCheck, MemoryRateLimitStore
 from gateway.stores.redis_client import connect_redis
 from tests.clock import FakeClock
 from tests.waiting import eventually
@@ -52,7 +53,7 @@ class MemoryBackend:
 
     def __init__(self) -> None:
         self.clock = FakeClock()
-        self.store = MemoryIdempotencyStore(self.clock)
+        self.store = MemoryIdempotencyStore(self.clock, limits=MemoryRateLimitStore(self.clock))
 
     async def open(self) -> IdempotencyStore:
         return self.store
@@ -239,6 +240,93 @@ async def test_a_ttl_must_be_a_positive_finite_duration(backend: Backend, ttl: f
     store = await backend.open()
     with pytest.raises(ValueError, match="ttl"):
         await store.claim("alice", "k-1", FP, ttl)
+
+
+# --- leases: an in-flight claim holds only while its claimant lives ------------------------------
+
+
+async def test_a_lapsed_lease_makes_the_key_unknown_pointing_at_its_intent(
+    backend: Backend,
+) -> None:
+    store = await backend.open()
+    await store.claim("alice", "k-1", FP, DAY, lease=SHORT, intent_ref="intent-7")
+    assert (await store.claim("alice", "k-1", FP, DAY)).state is ClaimState.IN_FLIGHT
+    await backend.let_pass(2 * SHORT)
+
+    async def unknown() -> bool:
+        claim = await (await backend.open()).claim("alice", "k-1", FP, DAY)
+        return claim == Claim(ClaimState.UNKNOWN, audit_ref="intent-7")
+    assert await eventually(unknown, within=backend.patience)
+
+
+async def test_a_renewed_lease_keeps_the_claim_in_flight(backend: Backend) -> None:
+    store = await backend.open()
+    await store.claim("alice", "k-1", FP, DAY, lease=2 * SHORT, intent_ref="intent-7")
+    await backend.let_pass(SHORT)
+    await store.renew("alice", "k-1", DAY)
+    await backend.let_pass(3 * SHORT)
+    assert (await store.claim("alice", "k-1", FP, DAY)).state is ClaimState.IN_FLIGHT
+
+
+async def test_a_late_answer_replaces_an_unknown_from_a_lapsed_lease(backend: Backend) -> None:
+    store = await backend.open()
+    await store.claim("alice", "k-1", FP, DAY, lease=SHORT, intent_ref="intent-7")
+    await backend.let_pass(2 * SHORT)
+    await eventually(lambda: _state_is(store, ClaimState.UNKNOWN), within=backend.patience)
+    await store.complete("alice", "k-1", PLACED, DAY)
+    assert await store.claim("alice", "k-1", FP, DAY) == Claim(ClaimState.REPLAY,
+                                                               response=PLACED)
+
+
+async def _state_is(store: IdempotencyStore, state: ClaimState) -> bool:
+    return (await store.claim("alice", "k-1", FP, DAY)).state is state
+
+
+# --- claims that decide the rate limits ---------------------------------------------------------
+
+TWO_PER_DAY = (LimitCheck("user:alice:place", Limit(2, DAY)),)
+
+
+async def test_a_claim_spends_the_limits_and_a_replay_spends_nothing(backend: Backend) -> None:
+    store = await backend.open()
+    first = await store.claim("alice", "k-1", FP, DAY, checks=TWO_PER_DAY)
+    assert first.state is ClaimState.NEW
+    assert first.decision is not None
+    assert first.decision.remaining == 1
+    await store.complete("alice", "k-1", PLACED, DAY)
+    for _ in range(5):
+        replay = await store.claim("alice", "k-1", FP, DAY, checks=TWO_PER_DAY)
+        assert (replay.state, replay.decision) == (ClaimState.REPLAY, None)
+    second = await store.claim("alice", "k-2", FP, DAY, checks=TWO_PER_DAY)
+    assert second.state is ClaimState.NEW
+    assert second.decision is not None
+    assert second.decision.remaining == 0
+
+
+async def test_a_key_refused_by_its_limit_is_not_held(backend: Backend) -> None:
+    store = await backend.open()
+    one = (LimitCheck("user:alice:place", Limit(1, DAY)),)
+    await store.claim("alice", "k-1", FP, DAY, checks=one)
+    refused = await store.claim("alice", "k-2", FP, DAY, checks=one)
+    assert refused.state is ClaimState.ABSENT
+    assert refused.decision is not None
+    assert not refused.decision.allowed
+    assert (await store.claim("alice", "k-2", OTHER_FP, DAY)).state is ClaimState.NEW
+
+
+async def test_an_unscreened_claim_holds_nothing_but_still_sees_a_held_key(
+    backend: Backend,
+) -> None:
+    store = await backend.open()
+    assert (await store.claim("alice", "k-1", FP, DAY, checks=TWO_PER_DAY,
+                              screened=False)).state is ClaimState.ABSENT
+    assert (await store.claim("alice", "k-1", FP, DAY)).state is ClaimState.NEW
+    await store.complete("alice", "k-1", PLACED, DAY)
+    held = await store.claim("alice", "k-1", FP, DAY, screened=False)
+    assert held == Claim(ClaimState.REPLAY, response=PLACED)
+    fresh = await store.claim("alice", "k-2", FP, DAY, checks=TWO_PER_DAY)
+    assert fresh.decision is not None
+    assert fresh.decision.remaining == 1
 
 
 # --- memory only: bounded ----------------------------------------------------------------------

@@ -328,6 +328,43 @@ async def test_concurrent_duplicates_make_one_upstream_order(
     assert len(await audit_events(gateway, kind="intent")) == 1
 
 
+STORMY = trader("stormy", limits=UserLimits(place=RatePolicy(3, 60.0)))
+
+
+async def test_a_retry_storm_spends_one_slot_of_the_limit(
+    sim: RunningSimulator, start_gateway_for: StartGateway, redis_settings: RedisSettings | None
+) -> None:
+    """Fifty copies of one keyed order: one order, one slot of a 3-per-minute limit spent, so
+    the user's next orders are still admitted (replays are answered before any limit)."""
+    gateway = await start_desk(sim, start_gateway_for, redis_settings, STORMY)
+    answers = await asyncio.gather(*(place(gateway, "stormy", key="storm") for _ in range(50)))
+    assert {status for status, _, _ in answers} == {200}
+    assert len({body["id"] for _, body, _ in answers}) == 1
+    status, _, headers = await place(gateway, "stormy", key="next")
+    assert (status, headers["RateLimit-Remaining"]) == (200, "1")
+    status, _, _ = await place(gateway, "stormy", key="last")
+    assert status == 200
+    status, body, _ = await place(gateway, "stormy", key="one-too-many")
+    assert (status, body["error"]["code"]) == (429, "rate_limited")
+    status, _, headers = await place(gateway, "stormy", key="storm")
+    assert (status, headers["Idempotent-Replayed"]) == (200, "true")  # a replay, even now
+    assert await orders_placed(sim) == 3
+
+
+async def test_a_refused_order_holds_no_key(
+    sim: RunningSimulator, start_gateway_for: StartGateway, redis_settings: RedisSettings | None
+) -> None:
+    """An order refused by its limit is not claimed: once the limit allows, the same key
+    places it (it was never sent)."""
+    gateway = await start_desk(sim, start_gateway_for, redis_settings, SLOW)
+    await place_once_as_slow(gateway)
+    status, body, _ = await place(gateway, "slow", key="later")
+    assert (status, body["error"]["code"]) == (429, "rate_limited")
+    assert await orders_placed(sim) == 1
+    again = await place(gateway, "slow", key="later")
+    assert again[0] == 429  # still refused by the limit, never "in progress"
+
+
 async def test_idempotency_keys_belong_to_one_user(
     sim: RunningSimulator, start_gateway_for: StartGateway, redis_settings: RedisSettings | None
 ) -> None:
