@@ -309,7 +309,8 @@ async def test_a_healthy_gateway_is_alive_and_ready(gw: RunningGateway) -> None:
     status, body, _ = await gw.call("GET", "/readyz")
     assert (status, body) == (200, {"status": "ready", "dependencies": {
         "revocation_store": "ok", "kill_switch_store": "ok", "upstream_circuit": "closed"},
-        "audit_spool": {"pending": 0, "dropped": 0}})
+        "audit_spool": {"pending": 0, "dropped": 0},
+        "settlement_spool": {"pending": 0, "dropped": 0}})
 
 
 async def test_a_gateway_whose_redis_is_unreachable_stays_ready_and_serves_market_data(
