@@ -37,9 +37,23 @@ def v1(method: str, template: str, handler: Handler) -> Handler:
     async def v1_handler(request: web.Request) -> web.StreamResponse:
         app = request.app
         app[COUNTERS].count(route)
+        latency = app[FAULTS].latency
+        if latency:
+            # A slow exchange still acts on a request it received: a client that stops
+            # waiting (or a server that cancels the handlers of closed connections) does not
+            # undo it. The body is read first (a lost connection fails later reads), and the
+            # rest is shielded only when slow: a task per request would cost the fast path.
+            await request.read()
+            return await asyncio.shield(_answer_after(latency, request))
+        return await answer(request)
+
+    async def _answer_after(delay: float, request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(delay)
+        return await answer(request)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        app = request.app
         faults = app[FAULTS]
-        if faults.latency:
-            await asyncio.sleep(faults.latency)
         if faults.next_request_fails():
             code, message = INJECTED.get(faults.error_status, (2, "internal error"))
             return error_response(faults.error_status, code, message)
