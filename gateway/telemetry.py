@@ -29,8 +29,10 @@ ORDER_CALLS = "expie_gateway.orders.calls"
 ORDER_REFUSALS = "expie_gateway.orders.refusals"
 AUDIT_SPOOLED = "expie_gateway.audit.spooled"
 SETTLEMENTS_SPOOLED = "expie_gateway.orders.settlements_spooled"
+ORDERS_RECONCILED = "expie_gateway.orders.reconciled"
 WS_SLOW_CLOSED = "expie_gateway.ws.slow_consumers_closed"
 WS_CONFLATED = "expie_gateway.ws.depth_conflations"
+LIVE_BOOK_RESYNCS = "expie_gateway.live_book.resyncs"
 METER_NAME = "expie_gateway"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
@@ -69,6 +71,11 @@ INSTRUMENTS = (
                "Times a lagging WebSocket client's depth was conflated into a fresh snapshot."),
     Instrument(SETTLEMENTS_SPOOLED, "gauge",
                "Idempotency results and order owners waiting in memory for their store."),
+    Instrument(ORDERS_RECONCILED, "counter",
+               "Order calls of unknown outcome settled from the exchange's state, by action and "
+               "verdict (placed, not_placed, cancelled, not_cancelled, unresolved)."),
+    Instrument(LIVE_BOOK_RESYNCS, "counter",
+               "Live books resynced after disagreeing with the exchange's depth.query, by market."),
 )
 
 
@@ -121,6 +128,8 @@ class OrderMetrics:
         self._spooled: list[Callable[[], int]] = []
         meter.create_observable_gauge(AUDIT_SPOOLED, callbacks=[self._observe],
                                       description=INSTRUMENTS[5].description)
+        self._reconciled = meter.create_counter(ORDERS_RECONCILED, unit="1",
+                                                description=_description(ORDERS_RECONCILED))
         self._settlements: list[Callable[[], int]] = []
         meter.create_observable_gauge(SETTLEMENTS_SPOOLED, callbacks=[self._observe_settlements],
                                       description=_description(SETTLEMENTS_SPOOLED))
@@ -134,6 +143,9 @@ class OrderMetrics:
     def watch_spool(self, spooled: Callable[[], int]) -> None:
         self._spooled.append(spooled)
 
+    def reconciled(self, action: str, verdict: str) -> None:
+        self._reconciled.add(1, {"action": action, "verdict": verdict})
+
     def watch_settlements(self, spooled: Callable[[], int]) -> None:
         self._settlements.append(spooled)
 
@@ -145,19 +157,24 @@ class OrderMetrics:
 
 
 class FanoutMetrics:
-    """The subscribers' ``SubscriberEvents``."""
+    """The subscribers' ``SubscriberEvents`` and the live books' ``BookEvents``."""
 
     def __init__(self, meter: Meter) -> None:
         self._slow = meter.create_counter(WS_SLOW_CLOSED, unit="1",
                                           description=INSTRUMENTS[6].description)
         self._conflated = meter.create_counter(WS_CONFLATED, unit="1",
                                                description=INSTRUMENTS[7].description)
+        self._resyncs = meter.create_counter(LIVE_BOOK_RESYNCS, unit="1",
+                                             description=_description(LIVE_BOOK_RESYNCS))
 
     def slow_consumer_closed(self) -> None:
         self._slow.add(1)
 
     def depth_conflated(self) -> None:
         self._conflated.add(1)
+
+    def live_book_resynced(self, market: str) -> None:
+        self._resyncs.add(1, {"market": market})
 
 
 class Telemetry:

@@ -29,6 +29,13 @@ class WebSocketSettings:
     upstream_depth_limit: int = 100
     full_snapshot_every: float = 60.0
     token_check_interval: float = 1.0
+    # Each live book is checked against the exchange's depth.query this often.
+    verify_interval: float = 5.0
+    # A second mismatch this long after the first resyncs the book (longer than the exchange's
+    # depth.query cache, up to 10 s, so a cached answer alone never triggers it).
+    verify_confirm_after: float = 12.0
+    # A live book unconfirmed for longer is not served as fresh: REST goes to the cache path.
+    max_book_age: float = 15.0
 
 
 def parse_ws(section: MappingReader) -> WebSocketSettings:
@@ -46,6 +53,9 @@ def parse_ws(section: MappingReader) -> WebSocketSettings:
         upstream_depth_limit=section.integer("upstream_depth_limit", 100, minimum=1),
         full_snapshot_every=section.number("full_snapshot_every", 60.0),
         token_check_interval=section.number("token_check_interval", 1.0),
+        verify_interval=section.number("verify_interval", 5.0),
+        verify_confirm_after=section.number("verify_confirm_after", 12.0),
+        max_book_age=section.number("max_book_age", 15.0),
     )
     section.done()
     if settings.upstream_url is not None and not settings.upstream_url.startswith(
@@ -54,6 +64,10 @@ def parse_ws(section: MappingReader) -> WebSocketSettings:
     if settings.upstream_depth_limit not in UPSTREAM_DEPTH_LIMITS:
         raise ConfigError(f"{section.key('upstream_depth_limit')}: expected one of "
                           f"{', '.join(map(str, UPSTREAM_DEPTH_LIMITS))} (Expie's depth limits)")
+    if settings.max_book_age <= settings.verify_interval:
+        # A quiet market is confirmed by verification alone: it would never be served live.
+        raise ConfigError(f"{section.key('max_book_age')}: expected more than "
+                          f"{section.key('verify_interval')} ({settings.verify_interval:g})")
     return settings
 
 

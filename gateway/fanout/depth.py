@@ -10,6 +10,14 @@ After the upstream connection drops, the book and every stream are reset, so whe
 resubscribed each client receives a ``clean=true`` snapshot before any diff. That snapshot
 restarts the view at every client (``Client.restart``), including one whose conflated view found
 nothing to resync with while the view was reset.
+
+Every ``ws.verify_interval`` seconds the shared book is checked against the exchange's
+``depth.query`` of the same view, on the subscription's own connection (``BookCheck`` decides).
+A resync serves the query's answer as the book and restarts every view of it at every client
+with a clean snapshot. The book the pushes patch is kept underneath, unchanged: the exchange's
+next diffs are relative to what it last pushed, not to the answer, so the next push applies to
+that book, which then is served again. A resubscription would not do: during a stall the
+exchange hands a new subscriber its cached, equally stale snapshot.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Protocol
 
 import aiohttp
 
-from gateway.core.depth_book import DepthView
+from gateway.core.book_check import BookCheck
+from gateway.core.depth_book import BookSide, DepthView
 from gateway.core.jsonrpc import JsonValue
 from gateway.core.live_book import BookError, LocalBook, ViewStream
 from gateway.fanout.client import Client, DepthKey
@@ -36,12 +46,29 @@ _RETRY_INITIAL = 0.5
 _RETRY_MAX = 10.0
 
 
+class BookEvents(Protocol):
+    """Where a market's depth reports what metrics count; called on trouble only."""
+
+    def live_book_resynced(self, market: str) -> None: ...
+
+
+class _NoEvents:
+    def live_book_resynced(self, market: str) -> None:
+        pass
+
+
 @dataclass(eq=False)
 class _Source:
     """An upstream depth subscription and the book it keeps."""
 
     book: LocalBook
     feed: DepthFeed | None = None
+    # The exchange's queried book, served after a resync until the next push arrives.
+    override: LocalBook | None = None
+
+    @property
+    def served(self) -> LocalBook:
+        return self.override if self.override is not None else self.book
 
 
 @dataclass(eq=False)
@@ -56,21 +83,32 @@ class _View:
 class MarketDepth:
     def __init__(
         self, market: str, settings: WebSocketSettings, url: str,
-        session: aiohttp.ClientSession, clock: Clock,
+        session: aiohttp.ClientSession, clock: Clock, events: BookEvents | None = None,
     ) -> None:
         self.market = market
         self._settings = settings
         self._url = url
         self._session = session
         self._clock = clock
+        self._events: BookEvents = events or _NoEvents()
         self._shared = _Source(LocalBook(settings.upstream_depth_limit))
+        self._check = BookCheck(confirm_after=settings.verify_confirm_after,
+                                max_age=settings.max_book_age, now=clock())
+        # Pushes applied to the shared book: a query answer overtaken by one says nothing.
+        self._pushes = 0
+        self._verifier: asyncio.Task[None] | None = None
         self._views: dict[DepthKey, _View] = {}
         # Dedicated subscriptions being closed: referenced until done, awaited by ``close``.
         self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def live(self) -> bool:
-        return self._shared.book.live
+        return self._shared.served.live
+
+    @property
+    def age(self) -> int:
+        """Whole seconds since the shared book was last confirmed (a push or a matching query)."""
+        return self._check.age(self._clock())
 
     @property
     def watched(self) -> bool:
@@ -84,8 +122,14 @@ class MarketDepth:
         except BaseException:
             self._shared.feed = None
             raise
+        self._verifier = asyncio.get_running_loop().create_task(
+            self._verify_every(self._settings.verify_interval), name=f"verify-{self.market}")
 
     async def close(self) -> None:
+        if self._verifier is not None:
+            self._verifier.cancel()
+            await asyncio.gather(self._verifier, return_exceptions=True)
+            self._verifier = None
         for view in list(self._views.values()):
             await self._close_own(view)
         self._views.clear()
@@ -94,6 +138,7 @@ class MarketDepth:
             feed, self._shared.feed = self._shared.feed, None
             await feed.close()
         self._shared.book.reset()
+        self._shared.override = None
 
     def join(self, client: Client, key: DepthKey) -> None:
         view = self._views.get(key)
@@ -123,8 +168,37 @@ class MarketDepth:
         return None if data is None else Frame(data, Kind.DEPTH, key)
 
     def query(self, limit: int, interval: Decimal) -> DepthView | None:
-        """The view from the live book; None when it is not live or not exact."""
-        return self._shared.book.view(limit, interval)
+        """The view from the live book; None when it is not live, not exact, or unconfirmed
+        for longer than ``ws.max_book_age`` (then the exchange is asked instead)."""
+        if not self._check.servable(self._clock()):
+            return None
+        return self._shared.served.view(limit, interval)
+
+    async def _verify(self) -> None:
+        """Check the shared book against the exchange's ``depth.query`` once; resync on proof."""
+        feed, book = self._shared.feed, self._shared.served
+        if feed is None or not feed.connected or not book.live:
+            return
+        pushes = self._pushes
+        try:
+            answer = await feed.query()
+        except FeedError as exc:
+            # No answer confirms nothing: the book ages, and past max_book_age it is not served.
+            logger.info("depth of %s: the check query failed: %s", self.market, exc)
+            return
+        if pushes != self._pushes or book is not self._shared.served or not book.live:
+            return  # a push (or a reset) came meanwhile: the answer and the book differ in time
+        queried = LocalBook(book.upstream_limit)
+        try:
+            queried.apply(True, answer if isinstance(answer, dict) else {})
+        except BookError as exc:
+            logger.warning("depth of %s: unusable check query answer: %s", self.market, exc)
+            return
+        now = self._clock()
+        if _same_book(queried, book):
+            self._check.confirmed(now)
+        elif self._check.mismatched(now):
+            self._resync(queried, now)
 
     def _feed(self, limit: int, interval: str, source: _Source) -> DepthFeed:
         def updated(clean: bool, body: dict[str, JsonValue], _market: str) -> None:
@@ -132,6 +206,7 @@ class MarketDepth:
 
         def lost() -> None:
             source.book.reset()
+            source.override = None
             for view in self._views.values():
                 if (view.own or self._shared) is source:
                     view.stream.reset()
@@ -149,7 +224,13 @@ class MarketDepth:
                 logger.warning("depth of %s: %s; waiting for the next clean snapshot",
                                self.market, exc)
             source.book.reset()
+            source.override = None
             return
+        # The pushes patch ``book``: once one has, it is the exchange's current book again.
+        source.override = None
+        if source is self._shared:
+            self._pushes += 1
+            self._check.confirmed(self._clock())
         for key, view in list(self._views.items()):
             if (view.own or self._shared) is source:
                 self._refresh(key, view)
@@ -157,10 +238,10 @@ class MarketDepth:
     def _refresh(self, key: DepthKey, view: _View) -> None:
         """Bring ``view`` up to date from its book and offer the frame, if any, to its clients."""
         source = view.own or self._shared
-        if not source.book.live:
+        if not source.served.live:
             return
         limit, interval = key[1], view.stream.interval
-        shown = source.book.view(limit, Decimal(0) if view.own else interval)
+        shown = source.served.view(limit, Decimal(0) if view.own else interval)
         if shown is None:
             self._go_own(key, view)
             return
@@ -174,6 +255,27 @@ class MarketDepth:
                 client.restart(frame)
             else:
                 client.push(frame)
+
+    def _resync(self, queried: LocalBook, now: float) -> None:
+        """Serve the exchange's answer as the book, and a clean snapshot of it to every client."""
+        logger.warning("depth of %s: the live book disagrees with the exchange's depth.query "
+                       "twice over %g s; resyncing it from the query", self.market,
+                       self._settings.verify_confirm_after)
+        self._shared.override = queried
+        self._check.confirmed(now)
+        self._events.live_book_resynced(self.market)
+        for key, view in list(self._views.items()):
+            if view.own is None:
+                view.stream.reset()  # the next frame of the view is a clean snapshot
+                self._refresh(key, view)
+
+    async def _verify_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._verify()
+            except Exception:
+                logger.exception("depth of %s: checking the live book failed", self.market)
 
     def _go_own(self, key: DepthKey, view: _View) -> None:
         if view.own is not None:
@@ -204,3 +306,7 @@ class MarketDepth:
         if view.own is not None and view.own.feed is not None:
             await view.own.feed.close()
         view.own = None
+
+
+def _same_book(one: LocalBook, other: LocalBook) -> bool:
+    return all(one.levels(side) == other.levels(side) for side in BookSide)

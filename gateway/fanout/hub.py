@@ -7,7 +7,8 @@ exchange. Price and deals: one shared upstream connection (``Ticker``). ``call``
 public methods once their params are checked (``gateway.core.rpc_params``); ``after_reply``
 sends what Expie sends right after a successful subscribe (a snapshot, the known prices and
 deals), so a client always sees its reply first. Queries are answered from the live book when
-it can answer exactly; otherwise they go to the exchange over the shared connection.
+it can answer exactly and was confirmed recently enough (``ws.max_book_age``); otherwise they go
+to the exchange over the shared connection.
 
 The hub never awaits a client socket: frames are offered to each client's subscriber.
 """
@@ -20,14 +21,14 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Hashable
 from decimal import Decimal
-from typing import cast
+from typing import Protocol, cast
 
 import aiohttp
 
 from gateway.core.jsonrpc import SERVICE_UNAVAILABLE, JsonValue
 from gateway.core.rpc_params import Call, DealsQuery, DepthCall, MarketCall, MarketsCall
 from gateway.fanout.client import Client, DepthKey
-from gateway.fanout.depth import MarketDepth
+from gateway.fanout.depth import BookEvents, MarketDepth
 from gateway.fanout.subscriber import Frame, OutboundSocket, SubscriberEvents
 from gateway.fanout.ticker import Ticker
 from gateway.upstream.feed import FeedError
@@ -36,6 +37,10 @@ from gateway.ws_settings import WebSocketSettings
 logger = logging.getLogger(__name__)
 SUCCESS: JsonValue = {"status": "success"}
 REST_DEPTH_LIMIT = 10
+
+
+class HubEvents(SubscriberEvents, BookEvents, Protocol):
+    """What the hub's subscribers and books report (``gateway.telemetry.FanoutMetrics``)."""
 
 
 class RpcFailure(Exception):
@@ -49,7 +54,7 @@ class RpcFailure(Exception):
 
 class Hub:
     def __init__(
-        self, settings: WebSocketSettings, url: str, *, events: SubscriberEvents | None = None,
+        self, settings: WebSocketSettings, url: str, *, events: HubEvents | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -129,11 +134,14 @@ class Hub:
             for frame in self._ticker_of().initial(method.partition(".")[0], client):
                 client.push(frame)
 
-    def depth_body(self, market: str) -> bytes | None:
-        """REST depth (10 levels, unmerged) from the live book, when there is one."""
+    def depth_body(self, market: str) -> tuple[bytes, int] | None:
+        """REST depth (10 levels, unmerged) from the live book and its Age, when there is a book
+        confirmed within ``ws.max_book_age``."""
         depth = self._markets.get(market)
         view = depth.query(REST_DEPTH_LIMIT, Decimal(0)) if depth and depth.live else None
-        return None if view is None else json.dumps(view.to_wire()).encode()
+        if depth is None or view is None:
+            return None
+        return json.dumps(view.to_wire()).encode(), depth.age
 
     def upstream_subscriptions(self) -> dict[str, bool]:
         """Markets with an upstream depth subscription, and whether each is live."""
@@ -154,7 +162,8 @@ class Hub:
     async def _open(self, market: str) -> MarketDepth:
         if self._session is None:
             raise RpcFailure(SERVICE_UNAVAILABLE, "service unavailable: the hub is not running")
-        depth = MarketDepth(market, self.settings, self._url, self._session, self._clock)
+        depth = MarketDepth(market, self.settings, self._url, self._session, self._clock,
+                            self.events)
         try:
             await depth.start()
         except FeedError as exc:

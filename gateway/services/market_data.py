@@ -54,7 +54,10 @@ class Endpoint(Enum):
 class LiveDepth(Protocol):
     """A live order book that can answer depth itself (the WebSocket fan-out provides one)."""
 
-    def depth_body(self, market: str) -> bytes | None: ...
+    def depth_body(self, market: str) -> tuple[bytes, int] | None:
+        """The depth body and its Age (seconds since the book was last confirmed); None when
+        there is no book trusted enough to serve, and the cache path answers instead."""
+        ...
 
 
 _KEY_PREFIX = {endpoint: f"{endpoint.value}:" for endpoint in Endpoint}
@@ -118,9 +121,9 @@ class MarketData:
         if local is not None and now < local.until:
             return local.answer_at(now)
         if endpoint is Endpoint.DEPTH and self._live_depth is not None and market is not None:
-            body = self._live_depth.depth_body(market)
-            if body is not None:
-                return MarketAnswer(200, body, "application/json", "HIT", 0)
+            live = self._live_depth.depth_body(market)
+            if live is not None:
+                return MarketAnswer(200, live[0], "application/json", "HIT", live[1])
         return await self._flights.run(key, lambda: self._fill(endpoint, market, key, token))
 
     async def require_market(self, market: str, token: Secret) -> None:

@@ -5,7 +5,8 @@ market lists on each subscribe, so:
 
 - ``DepthFeed`` owns a ``FeedConnection`` carrying exactly one ``(market, limit, interval)``
   depth subscription, made again after every reconnect; the exchange then starts with a
-  ``clean=true`` snapshot, which the owner uses to rebuild its book.
+  ``clean=true`` snapshot, which the owner uses to rebuild its book. ``query`` asks the
+  exchange for that same view on that connection, so the owner can check its book.
 - ``TickerFeed`` owns the one shared connection for price and deals of every market of
   interest. It always sends the FULL market lists (replace semantics), when they change and
   after every reconnect, and passes ``*.query`` calls through for proxying.
@@ -87,6 +88,12 @@ class DepthFeed:
                 raise FeedUnavailable(f"{self._connection.name}: not subscribed within "
                                       f"{self._start_timeout:g} s") from exc
             raise
+
+    async def query(self) -> JsonValue:
+        """The exchange's ``depth.query`` of this subscription's very view, on its connection
+        (a check of the book, costing no connection of its own); raises ``FeedError``."""
+        return await self._connection.request("depth.query",
+                                              [self.market, self.limit, self.interval])
 
     async def close(self) -> None:
         """Unsubscribe (best effort) and close the connection."""

@@ -222,6 +222,10 @@ KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
         ("audit: {backend: redis}\n", "audit.backend"),
         ("ws: {upstream_url: 'http://x/ws'}\n", "ws.upstream_url"),
         ("ws: {upstream_depth_limit: 60}\n", "ws.upstream_depth_limit"),
+        ("ws: {verify_interval: 0}\n", "ws.verify_interval"),
+        ("ws: {verify_confirm_after: -1}\n", "ws.verify_confirm_after"),
+        ("ws: {max_book_age: 0}\n", "ws.max_book_age"),
+        ("ws: {verify_interval: 5, max_book_age: 5}\n", "ws.max_book_age"),
     ],
     ids=["negative-port", "port-not-a-number", "port-over-65535", "port-zero",
          "no-shutdown-time", "negative-drain", "bad-cidr", "proxies-not-a-list", "retries",
@@ -229,7 +233,8 @@ KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
          "signing-key-missing", "env-and-file", "no-key-material", "ttl-over-max", "redis-url",
          "account-without-token", "log-level", "limit-count-zero", "unknown-limit",
          "negative-notional", "unknown-risk-key", "slow-kill-switch-sync", "audit-backend",
-         "audit-in-redis-without-redis", "ws-url-scheme", "ws-depth-limit"],
+         "audit-in-redis-without-redis", "ws-url-scheme", "ws-depth-limit",
+         "ws-verify-zero", "ws-confirm-negative", "ws-book-age-zero", "ws-book-age-too-short"],
 )
 def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
