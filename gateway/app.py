@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from gateway.keys import (
     ORDER_DESK,
     ORDER_VIEWS,
     READ_LIMITS,
+    RECONCILER,
     REVOCATIONS,
     SETTINGS,
     SETTLEMENTS,
@@ -59,6 +61,7 @@ from gateway.services.order_views import OrderViews
 from gateway.services.pacing import AccountPacer
 from gateway.services.pre_trade import PreTradeChecks
 from gateway.services.read_limits import ReadLimits
+from gateway.services.reconciler import Reconciler
 from gateway.services.write_spool import WriteSpool
 from gateway.settings import Settings
 from gateway.stores.audit import AuditLog, open_audit_log
@@ -84,6 +87,11 @@ from gateway.stores.rate_limits import (
     MemoryRateLimitStore,
     RateLimitStore,
     RedisRateLimitStore,
+)
+from gateway.stores.reconcile_state import (
+    MemoryReconcileState,
+    ReconcileState,
+    RedisReconcileState,
 )
 from gateway.stores.redis_client import connect_redis
 from gateway.stores.revocation import (
@@ -191,11 +199,16 @@ def _setup_order_desk(
     settlements = app[SETTLEMENTS] = WriteSpool(
         "order settlements", Settlement.run, lambda item: item.what,
         limit=settings.audit.spool_limit, retry_interval=settings.audit.spool_retry_interval)
+    reconciler = app[RECONCILER] = Reconciler(
+        orders, trail=audit, idempotency=stores.idempotency, ownership=stores.ownership,
+        views=views, tokens=tokens, state=stores.reconcile, settlements=settlements,
+        events=app[TELEMETRY].orders, clock=clock, holder=uuid.uuid4().hex,
+        upstream_timeout=settings.upstream.total_timeout)
     desk = app[ORDER_DESK] = OrderDesk(
         orders, upstream=app[UPSTREAM], tokens=tokens, directory=directory,
         market_data=app[MARKET_DATA], checks=checks, audit=audit,
         idempotency=stores.idempotency, ownership=stores.ownership, clock=clock,
-        events=app[TELEMETRY].orders, settlements=settlements)
+        events=app[TELEMETRY].orders, settlements=settlements, unknowns=reconciler.report)
     app[TELEMETRY].orders.watch_spool(lambda: audit.spooled)
     app[TELEMETRY].orders.watch_settlements(lambda: settlements.spooled)
     app[KILL_SWITCHES] = KillSwitches(
@@ -239,6 +252,7 @@ class _Stores:
     kill_switch: KillSwitchStore
     audit: AuditLog
     login_failures: LoginFailureStore
+    reconcile: ReconcileState
     redis: Redis | None
 
 
@@ -258,14 +272,15 @@ def _stores(settings: Settings, given: Overrides, clock: Callable[[], float]) ->
                        MemoryIdempotencyStore(clock, limits=rate_limits), MemoryOwnershipStore(),
                        MemoryKillSwitchStore(orders.kill_switch.state_file),
                        given.audit_log or open_audit_log(settings, None),
-                       MemoryLoginFailureStore(backoff), None)
+                       MemoryLoginFailureStore(backoff), MemoryReconcileState(), None)
     return _Stores(
         revocations, market_cache, RedisRateLimitStore(client, prefix),
         RedisIdempotencyStore(client, prefix),
         RedisOwnershipStore(client, prefix, orders.ownership_ttl),
         RedisKillSwitchStore(client, prefix, orders.kill_switch.sync_interval),
         given.audit_log or open_audit_log(settings, client),
-        RedisLoginFailureStore(client, prefix, backoff), client)
+        RedisLoginFailureStore(client, prefix, backoff), RedisReconcileState(client, prefix),
+        client)
 
 
 def _stores_lifetime(stores: _Stores) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -275,7 +290,9 @@ def _stores_lifetime(stores: _Stores) -> Callable[[web.Application], AsyncIterat
         await stores.audit.start()
         await app[AUDIT_TRAIL].start()
         await app[SETTLEMENTS].start()
+        await app[RECONCILER].start()
         yield
+        await app[RECONCILER].close()
         await app[SETTLEMENTS].close()
         await app[AUDIT_TRAIL].close()
         await stores.audit.close()

@@ -224,6 +224,20 @@ class IdempotencyOutcomeUnknown(GatewayError):
         self.audit_ref = audit_ref
 
 
+class OrderNotPlaced(GatewayError):
+    """Reconciled: the order whose outcome was unknown never reached the exchange's book."""
+
+    code = "order_not_placed"
+    status = 409
+
+
+class OrderNotCancelled(GatewayError):
+    """Reconciled: the cancel whose outcome was unknown did not take effect."""
+
+    code = "order_not_cancelled"
+    status = 409
+
+
 class IdempotencyKeyReused(GatewayError):
     code = "idempotency_key_reused"
     status = 422

@@ -20,6 +20,7 @@ from gateway.services.market_data import MarketData
 from gateway.services.order_desk import OrderDesk, Settlement
 from gateway.services.order_views import OrderViews
 from gateway.services.read_limits import ReadLimits
+from gateway.services.reconciler import Reconciler
 from gateway.services.write_spool import WriteSpool
 from gateway.settings import Settings
 from gateway.stores.revocation import RevocationStore
@@ -40,6 +41,7 @@ ORDER_VIEWS = web.AppKey("order_views", OrderViews)
 KILL_SWITCHES = web.AppKey("kill_switches", KillSwitches)
 AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
 SETTLEMENTS = web.AppKey("settlements", WriteSpool[Settlement])
+RECONCILER = web.AppKey("reconciler", Reconciler)
 READ_LIMITS = web.AppKey("read_limits", ReadLimits)
 FANOUT = web.AppKey("fanout", Hub)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

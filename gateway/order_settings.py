@@ -76,6 +76,14 @@ class IdempotencySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ReconcileSettings:
+    interval: float = 1.0  # seconds between rounds
+    max_tries: int = 10  # rounds that cannot decide a call before it is "unresolved"
+    window: float = 15.0  # seconds after its intent an order may still appear on the exchange
+    skew: float = 2.0  # seconds the exchange's clock may be behind ours
+
+
+@dataclass(frozen=True, slots=True)
 class KillSwitchSettings:
     state_file: Path | None = None
     sync_interval: float = 0.25
@@ -91,11 +99,13 @@ class OrderSettings:
     ownership_ttl: float = 90 * 86_400.0
     finished_scan_limit: int = 10_000
     kill_switch: KillSwitchSettings = KillSwitchSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
 
 
 def parse_orders(section: MappingReader) -> OrderSettings:
     idempotency = section.section("idempotency", {})
     kill_switch = section.section("kill_switch", {})
+    reconcile = section.section("reconcile", {})
     settings = OrderSettings(
         limits=parse_user_limits(section.section("limits", {}), UserLimits()),
         account_limits=_account_limits(section.section("account_limits", {})),
@@ -109,8 +119,13 @@ def parse_orders(section: MappingReader) -> OrderSettings:
         kill_switch=KillSwitchSettings(
             state_file=_optional_path(kill_switch, "state_file"),
             sync_interval=kill_switch.number("sync_interval", 0.25)),
+        reconcile=ReconcileSettings(
+            interval=reconcile.number("interval", 1.0),
+            max_tries=reconcile.integer("max_tries", 10, minimum=1),
+            window=reconcile.number("window", 15.0),
+            skew=reconcile.number("skew", 2.0, allow_zero=True)),
     )
-    for reader in (idempotency, kill_switch, section):
+    for reader in (idempotency, kill_switch, reconcile, section):
         reader.done()
     if settings.kill_switch.sync_interval > 0.5:
         raise ConfigError(f"{kill_switch.key('sync_interval')}: at most 0.5 (a switch must reach "

@@ -39,6 +39,8 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     UPSTREAM_ERROR = "upstream_error"
     UNKNOWN = "unknown"
+    RECONCILED = "reconciled"  # settled later from the exchange's state; ``reason`` says how
+    UNRESOLVED = "unresolved"  # the reconciler gave up: someone must look
 
 
 def new_event_id() -> str:

@@ -105,6 +105,10 @@ class AuditTrail:
         caller is cancelled (a client that hangs up does not erase an outcome)."""
         await self._spool.put(event)
 
+    async def read(self, after_seq: int, limit: int) -> list[AuditRecord]:
+        """Up to ``limit`` records after ``after_seq``, in order."""
+        return await self._log.read(after_seq, limit)
+
     async def search(self, query: AuditQuery) -> AuditPage:
         """Matching records after ``query.after_seq``, reading at most ``max_scan`` records."""
         found: list[AuditRecord] = []

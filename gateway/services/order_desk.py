@@ -117,7 +117,7 @@ class OrderDesk:
         tokens: Mapping[str, Secret], directory: UserDirectory, market_data: MarketData,
         checks: PreTradeChecks, audit: AuditTrail, idempotency: IdempotencyStore,
         ownership: OwnershipStore, clock: Callable[[], float], events: DeskEvents,
-        settlements: WriteSpool[Settlement],
+        settlements: WriteSpool[Settlement], unknowns: Callable[[AuditRecord], None],
     ) -> None:
         self._settings = settings
         self._upstream = upstream
@@ -131,6 +131,7 @@ class OrderDesk:
         self._clock = clock
         self._events = events
         self._settlements = settlements
+        self._unknowns = unknowns
         self._rules: tuple[bytes, dict[str, MarketRules]] = (b"", {})
 
     async def place(
@@ -333,8 +334,11 @@ class OrderDesk:
         outcome: Outcome, answer: UpstreamResponse | None, reason: str | None,
     ) -> None:
         """The outcome record, the idempotency key and a new order's owner, written together
-        (none of them raises: each is spooled or logged when its store fails)."""
+        (none of them raises: each is spooled when its store fails); an unknown outcome goes to
+        the reconciler."""
         principal = _known(context)
+        if outcome is Outcome.UNKNOWN:
+            self._unknowns(intent)
         order_id = _order_id(answer) if outcome is Outcome.ACCEPTED and answer else None
         step = replace(self._step(submission, Kind.OUTCOME), outcome=outcome, reason=reason,
                        upstream_status=answer.status if answer else None,

@@ -12,7 +12,7 @@ callers see them.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -88,6 +88,30 @@ class OrderViews:
             return [record async for record in self._pages(token, market, "_pending")]
         except _UpstreamFailed as failed:
             raise UpstreamUnavailable(f"the exchange refused the pending list of {market} "
+                                      f"(status {failed.response.status})") from None
+
+    async def account_finished_until(self, token: Secret, market: str,
+                                     past: Callable[[Record], bool]) -> list[Record]:
+        """The account's finished orders in ``market``, newest first, up to the first one that
+        is ``past`` what the caller looks for (the ones after it are older still)."""
+        found: list[Record] = []
+        try:
+            async for record in self._pages(token, market, "_finished"):
+                if past(record):
+                    break
+                found.append(record)
+        except _UpstreamFailed as failed:
+            raise UpstreamUnavailable(f"the exchange refused the finished list of {market} "
+                                      f"(status {failed.response.status})") from None
+        return found
+
+    async def order_has_deals(self, token: Secret, market: str, order_id: int) -> bool:
+        """Whether any of the order's amount was traded (its deals, from the exchange)."""
+        path = f"/v1/markets/{market}/orders/{order_id}?limit=1&offset=0"
+        try:
+            return bool(_records(await self._upstream.send("GET", path, token)))
+        except _UpstreamFailed as failed:
+            raise UpstreamUnavailable(f"the exchange refused the deals of order {order_id} "
                                       f"(status {failed.response.status})") from None
 
     async def owners(self, account: str, records: list[Record]) -> list[str | None]:

@@ -1,8 +1,9 @@
-"""The order desk through failures of its own Redis: nothing it owes is lost.
+"""The order desk through failures: nothing it owes is lost, nothing is sent twice.
 
-Each test runs a ``redis-server`` of its own (AOF, ``appendfsync always``) and kills it with
-SIGKILL while an order is between its audit intent and its outcome, then starts it again on the
-same port and directory.
+A Redis failure between an order's audit intent and its outcome (a ``redis-server`` of the
+test's own, AOF with ``appendfsync always``, killed with SIGKILL and started again on the same
+port and directory); an exchange that times out or answers 500, whose outcome the reconciler
+then settles from the exchange's own order lists.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from gateway.settings import RedisSettings
+from gateway.order_settings import ReconcileSettings
+from gateway.settings import RedisSettings, Settings
 from tests.conftest import StartGateway
 from tests.e2e.test_order_desk import (
     PLACE_ROUTE,
+    Answer,
     audit_events,
     orders_placed,
     place,
@@ -30,7 +33,6 @@ from tests.redis_server import own_redis
 from tests.simulator_harness import RunningSimulator
 from tests.waiting import eventually
 
-pytestmark = pytest.mark.redis
 EXCHANGE_DELAY_MS = 1500  # long enough to kill Redis while the exchange holds the order
 PATIENCE = 20.0  # bounds the waits; it measures nothing
 
@@ -45,6 +47,7 @@ async def spools_empty(gateway: RunningGateway) -> bool:
     return bool(body["audit_spool"]["pending"] == 0 and body["settlement_spool"]["pending"] == 0)
 
 
+@pytest.mark.redis
 async def test_redis_lost_between_intent_and_outcome_delays_the_settlement_never_drops_it(
     sim: RunningSimulator, start_gateway_for: StartGateway, tmp_path: Path
 ) -> None:
@@ -87,3 +90,98 @@ async def test_redis_lost_between_intent_and_outcome_delays_the_settlement_never
                 if event["intent_id"] == intents[0]["id"]] == [intents[0]["id"]]
         assert [event["order_id"] for event in outcomes
                 if event["intent_id"] == intents[0]["id"]] == [order["id"]]
+
+
+# --- unknown outcomes, reconciled from the exchange's own state ---------------------------------
+
+
+def reconciling_settings(sim: RunningSimulator) -> Settings:
+    """Short timeouts and a quick reconciler, so a test sees a whole reconciliation."""
+    settings = gateway_settings(sim)
+    orders = settings.orders
+    return dataclasses.replace(
+        settings,
+        upstream=dataclasses.replace(settings.upstream, total_timeout=0.3, retries=0),
+        orders=dataclasses.replace(
+            orders,
+            idempotency=dataclasses.replace(orders.idempotency, wait=0.2, lease=1.0),
+            reconcile=ReconcileSettings(interval=0.1, max_tries=5, window=1.5, skew=0.5)))
+
+
+async def replayed(gateway: RunningGateway, key: str, status: int) -> Answer:
+    """The replay of ``key`` once it answers ``status`` as a replay (bounded wait)."""
+    answers: list[Answer] = []
+
+    async def settled() -> bool:
+        answers.append(await place(gateway, key=key))
+        done = answers[-1][0] == status and answers[-1][2].get("Idempotent-Replayed") == "true"
+        if not done:
+            await asyncio.sleep(0.1)
+        return done
+    assert await eventually(settled, within=PATIENCE), answers[-1]
+    return answers[-1]
+
+
+async def reconciled(gateway: RunningGateway) -> list[dict[str, Any]]:
+    return await audit_events(gateway, kind="outcome", outcome="reconciled")
+
+
+async def test_a_timed_out_order_the_exchange_placed_is_reconciled_as_placed(
+    sim: RunningSimulator, start_gateway_for: StartGateway
+) -> None:
+    gateway = await start_desk(sim, start_gateway_for, None, settings=reconciling_settings(sim))
+    assert (await place(gateway))[0] == 200  # the markets cache, filled while all is well
+    await sim.set_faults(latency_ms=600)  # the exchange acts after the gateway gave up
+    status, body, _ = await place(gateway, key="slow")
+    assert (status, body["error"]["code"]) == (504, "upstream_timeout")
+    await sim.set_faults(latency_ms=0)
+    status, order, _ = await replayed(gateway, "slow", 200)
+    assert order["amount"] == "1"
+    assert await orders_placed(sim) == 2  # the first order and this one: never sent twice
+    [outcome] = await reconciled(gateway)
+    assert (outcome["reason"], outcome["order_id"]) == ("placed", order["id"])
+    status, cancelled, _ = await gateway.call(
+        "POST", f"/v1/markets/BCCBTC/orders/{order['id']}/_cancel",
+        token(gateway, "demo-trader"))
+    assert status == 200, cancelled  # the reconciled order has its owner
+
+
+async def test_an_order_the_exchange_failed_with_a_500_is_reconciled_as_not_placed(
+    sim: RunningSimulator, start_gateway_for: StartGateway
+) -> None:
+    gateway = await start_desk(sim, start_gateway_for, None, settings=reconciling_settings(sim))
+    assert (await place(gateway))[0] == 200
+    await sim.set_faults(error_rate=1.0, error_status=500)
+    status, _, _ = await place(gateway, key="failed")
+    assert status == 500  # the exchange's own answer, passed through: it may have acted
+    await sim.set_faults(error_rate=0.0)
+    status, body, _ = await replayed(gateway, "failed", 409)
+    assert body["error"]["code"] == "order_not_placed"
+    assert await orders_placed(sim) == 1
+    [outcome] = await reconciled(gateway)
+    assert (outcome["reason"], outcome["order_id"]) == ("not_placed", None)
+
+
+async def test_a_timed_out_cancel_is_reconciled_from_the_order_it_ended(
+    sim: RunningSimulator, start_gateway_for: StartGateway
+) -> None:
+    gateway = await start_desk(sim, start_gateway_for, None, settings=reconciling_settings(sim))
+    status, order, _ = await place(gateway)
+    assert status == 200
+    await sim.set_faults(latency_ms=600)
+    cancel = f"/v1/markets/BCCBTC/orders/{order['id']}/_cancel"
+    status, body, _ = await gateway.call("POST", cancel, token(gateway, "demo-trader"),
+                                         headers={"Idempotency-Key": "slow-cancel"})
+    assert (status, body["error"]["code"]) == (504, "upstream_timeout")
+    await sim.set_faults(latency_ms=0)
+    answers: list[Answer] = []
+
+    async def settled() -> bool:
+        answers.append(await gateway.call("POST", cancel, token(gateway, "demo-trader"),
+                                          headers={"Idempotency-Key": "slow-cancel"}))
+        await asyncio.sleep(0.1)
+        return answers[-1][0] == 200
+    assert await eventually(settled, within=PATIENCE), answers[-1]
+    assert answers[-1][1]["id"] == order["id"]
+    [outcome] = await reconciled(gateway)
+    assert (outcome["action"], outcome["reason"]) == ("cancel", "cancelled")
