@@ -28,6 +28,7 @@ from tests.e2e.test_order_desk import (
     start_desk,
     token,
 )
+from tests.e2e.test_upstream_resilience import metric
 from tests.gateway_harness import RunningGateway, gateway_settings
 from tests.redis_server import own_redis
 from tests.simulator_harness import RunningSimulator
@@ -185,3 +186,29 @@ async def test_a_timed_out_cancel_is_reconciled_from_the_order_it_ended(
     assert answers[-1][1]["id"] == order["id"]
     [outcome] = await reconciled(gateway)
     assert (outcome["action"], outcome["reason"]) == ("cancel", "cancelled")
+
+
+async def test_a_call_the_exchange_never_lets_us_check_is_recorded_unresolved_and_counted(
+    sim: RunningSimulator, start_gateway_for: StartGateway
+) -> None:
+    gateway = await start_desk(sim, start_gateway_for, None, settings=reconciling_settings(sim))
+    assert (await place(gateway))[0] == 200
+    await sim.set_faults(latency_ms=600)
+    status, _, _ = await place(gateway, key="unchecked")
+    assert status == 504
+    await sim.set_faults(latency_ms=0, error_rate=1.0, error_status=500)  # lists unreadable
+
+    async def given_up() -> bool:
+        return bool(await audit_events(gateway, kind="outcome", outcome="unresolved"))
+    assert await eventually(given_up, within=PATIENCE)
+    [outcome] = await audit_events(gateway, kind="outcome", outcome="unresolved")
+    [intent] = [event for event in await audit_events(gateway, kind="intent")
+                if event["idempotency_key"] == "unchecked"]
+    assert outcome["intent_id"] == intent["id"]
+    assert await metric(
+        gateway, 'expie_gateway_orders_reconciled_total{action="place",verdict="unresolved"}'
+    ) == 1
+    await sim.set_faults(error_rate=0.0)
+    status, body, _ = await place(gateway, key="unchecked")  # a human decides, not a replay
+    assert (status, body["error"]["code"]) == (409, "idempotency_outcome_unknown")
+    assert await reconciled(gateway) == []
