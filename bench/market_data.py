@@ -175,7 +175,8 @@ def deploy(args: argparse.Namespace, directory: Path) -> Iterator[Deployment]:
     if redis_note is None:
         configs["gateway_redis"] = write_gateway_config(
             directory, gw_redis_port, sim_port, name="gateway-redis",
-            extra={"redis": {"url": args.redis_url, "key_prefix": prefix}})
+            extra={"redis": {"url": args.redis_url, "key_prefix": prefix,
+                             "require_persistence": False}})  # a cache: any Redis will do
     ports = {"gateway": gw_port, "gateway_redis": gw_redis_port}
     bearer = {"Authorization": f"Bearer {issue_token(configs['gateway'], USER, 'market:read')}"}
     with contextlib.ExitStack() as stack:

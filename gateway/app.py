@@ -27,6 +27,9 @@ from gateway.auth.sign_in_throttle import SignInThrottle
 from gateway.auth.signing import KeyRing
 from gateway.auth.tokens import TokenIssuer, TokenVerifier
 from gateway.auth.users import UserDirectory, load_users
+from gateway.core.audit_chain import START
+from gateway.core.cluster_state import IN_PROCESS, ClusterState
+from gateway.errors import PersistenceRequired
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import GOING_AWAY
 from gateway.keys import (
@@ -34,6 +37,7 @@ from gateway.keys import (
     AUDIT_TRAIL,
     AUTHENTICATOR,
     CLOCK,
+    CLUSTER_STATE,
     FANOUT,
     GRANT,
     JWKS_BODY,
@@ -48,6 +52,7 @@ from gateway.keys import (
     REVOCATIONS,
     SETTINGS,
     SETTLEMENTS,
+    STATE_LOSS,
     TELEMETRY,
     UPSTREAM,
     WS_USERS,
@@ -62,9 +67,12 @@ from gateway.services.pacing import AccountPacer
 from gateway.services.pre_trade import PreTradeChecks
 from gateway.services.read_limits import ReadLimits
 from gateway.services.reconciler import Reconciler
+from gateway.services.state_loss import StateLoss
+from gateway.services.state_watch import StateWatch
 from gateway.services.write_spool import WriteSpool
 from gateway.settings import Settings
 from gateway.stores.audit import AuditLog, open_audit_log
+from gateway.stores.cluster_epoch import ClusterEpochStore
 from gateway.stores.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
@@ -94,6 +102,7 @@ from gateway.stores.reconcile_state import (
     RedisReconcileState,
 )
 from gateway.stores.redis_client import connect_redis
+from gateway.stores.redis_persistence import require_persistence
 from gateway.stores.revocation import (
     MemoryRevocationStore,
     RedisRevocationStore,
@@ -167,8 +176,11 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     app[MARKET_DATA] = MarketData(app[UPSTREAM], stores.market_cache, settings.cache, clock,
                                   live_depth=hub)
     app[READ_LIMITS] = ReadLimits(directory)
+    app[CLUSTER_STATE] = stores.cluster
+    app[STATE_LOSS] = StateLoss(stores.cluster, stores.epochs, clock)
+    telemetry.orders.watch_state(lambda: stores.cluster.loss is not None)
     _setup_order_desk(app, settings, stores, directory, clock)
-    app.cleanup_ctx.append(_stores_lifetime(stores))
+    app.cleanup_ctx.append(_stores_lifetime(settings, stores))
     app.cleanup_ctx.append(_upstream_lifetime)
     app.cleanup_ctx.append(_fanout_lifetime)
     app.on_shutdown.append(_close_websockets)
@@ -195,7 +207,7 @@ def _setup_order_desk(
 
     checks = PreTradeChecks(orders, stores.kill_switch, stores.rate_limits,
                             AccountPacer(pacing.rate, pacing.burst, pacing.max_wait),
-                            reference_price)
+                            reference_price, stores.cluster)
     settlements = app[SETTLEMENTS] = WriteSpool(
         "order settlements", Settlement.run, lambda item: item.what,
         limit=settings.audit.spool_limit, retry_interval=settings.audit.spool_retry_interval)
@@ -253,7 +265,10 @@ class _Stores:
     audit: AuditLog
     login_failures: LoginFailureStore
     reconcile: ReconcileState
+    cluster: ClusterState
     redis: Redis | None
+    epochs: ClusterEpochStore | None = None
+    watch: StateWatch | None = None
 
 
 def _stores(settings: Settings, given: Overrides, clock: Callable[[], float]) -> _Stores:
@@ -266,25 +281,42 @@ def _stores(settings: Settings, given: Overrides, clock: Callable[[], float]) ->
     market_cache = given.market_cache or (
         RedisMarketCacheStore(client, prefix) if client else MemoryMarketCacheStore(clock))
     orders, backoff = settings.orders, settings.auth.sign_in.backoff
+    cluster = ClusterState()
+    if client is None or not settings.audit_in_redis:
+        # The epoch lives beside the chain in Redis: with in-process stores or one process's
+        # file trail there is no shared chain to lose.
+        cluster.join(IN_PROCESS, START)
     if client is None:
         rate_limits = MemoryRateLimitStore()
         return _Stores(revocations, market_cache, rate_limits,
                        MemoryIdempotencyStore(clock, limits=rate_limits), MemoryOwnershipStore(),
                        MemoryKillSwitchStore(orders.kill_switch.state_file),
                        given.audit_log or open_audit_log(settings, None),
-                       MemoryLoginFailureStore(backoff), MemoryReconcileState(), None)
+                       MemoryLoginFailureStore(backoff), MemoryReconcileState(), cluster, None)
+    epochs = ClusterEpochStore(client, prefix) if settings.audit_in_redis else None
     return _Stores(
         revocations, market_cache, RedisRateLimitStore(client, prefix),
         RedisIdempotencyStore(client, prefix),
         RedisOwnershipStore(client, prefix, orders.ownership_ttl),
         RedisKillSwitchStore(client, prefix, orders.kill_switch.sync_interval),
-        given.audit_log or open_audit_log(settings, client),
+        given.audit_log or open_audit_log(settings, client, guard=cluster),
         RedisLoginFailureStore(client, prefix, backoff), RedisReconcileState(client, prefix),
-        client)
+        cluster, client, epochs,
+        StateWatch(epochs, cluster, settings.redis.state_check_interval) if epochs else None)
 
 
-def _stores_lifetime(stores: _Stores) -> Callable[[web.Application], AsyncIterator[None]]:
+def _stores_lifetime(
+    settings: Settings, stores: _Stores
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        if stores.redis is not None and settings.redis.require_persistence:
+            try:
+                await require_persistence(stores.redis)
+            except PersistenceRequired:
+                await stores.redis.aclose()  # the gateway does not start: nothing else opened
+                raise
+        if stores.watch is not None:
+            await stores.watch.start()
         await stores.revocations.start()
         await stores.kill_switch.start()
         await stores.audit.start()
@@ -298,6 +330,8 @@ def _stores_lifetime(stores: _Stores) -> Callable[[web.Application], AsyncIterat
         await stores.audit.close()
         await stores.kill_switch.close()
         await stores.revocations.close()
+        if stores.watch is not None:
+            await stores.watch.close()
         await stores.market_cache.close()
         for store in (stores.rate_limits, stores.idempotency, stores.ownership):
             await store.close()

@@ -21,6 +21,12 @@ Exception tree (rendered in one place, ``gateway.web.errors``):
     - ``CircuitOpen`` (503, ``Retry-After``): the exchange has been failing; calls fail fast
       until the next probe (a subclass, so "serve stale when the exchange fails" covers it).
   - ``StoreUnavailable`` (503): a backing store (Redis) failed.
+    - ``StateLost`` (503): Redis no longer holds the state the replicas saw (emptied, replaced,
+      a stale replica); order calls stop desk-wide until an admin acknowledges the loss.
+  - ``StateNotLost`` (409): an acknowledgement with no loss to acknowledge (or another came first).
+  - ``RecordsNotExported`` (409): an acknowledgement that would drop records no export wrote out.
+  - ``PersistenceRequired`` (500, at start only): ``redis.require_persistence`` and a Redis that
+    keeps nothing on disk.
   - ``InternalError`` (500): a bug; answered in the same shape, logged with its traceback.
 
 Errors from the upstream are not ``GatewayError``s: they pass through unchanged. Foreign
@@ -267,3 +273,32 @@ class RateLimited(GatewayError):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after))),
                 "RateLimit-Limit": str(self.limit), "RateLimit-Remaining": "0",
                 "RateLimit-Reset": str(max(1, math.ceil(self.reset_after)))}
+
+
+class StateLost(StoreUnavailable):
+    """Redis lost the shared state (see ``gateway.core.cluster_state``).
+
+    A ``StoreUnavailable`` so that whatever fails closed on a store failure (the write-ahead
+    intent, the spools' retries) does so here too; unlike an outage it is not temporary: it lasts
+    until an admin acknowledges the loss."""
+
+    code = "state_lost"
+    temporary = False
+
+
+class StateNotLost(GatewayError):
+    code = "state_not_lost"
+    status = 409
+
+
+class RecordsNotExported(GatewayError):
+    """Acknowledging the loss would drop audit records of the old chain no export wrote out."""
+
+    code = "records_not_exported"
+    status = 409
+
+
+class PersistenceRequired(GatewayError):
+    """``redis.require_persistence``: the Redis at start keeps nothing on disk."""
+
+    code = "persistence_required"

@@ -11,6 +11,7 @@ from gateway.auth.authenticator import Authenticator
 from gateway.auth.grants import ClientCredentialsGrant
 from gateway.auth.secret import Secret
 from gateway.auth.signing import KeyRing
+from gateway.core.cluster_state import ClusterState
 from gateway.core.principal import Principal
 from gateway.fanout.hub import Hub
 from gateway.lifecycle import Lifecycle
@@ -21,6 +22,7 @@ from gateway.services.order_desk import OrderDesk, Settlement
 from gateway.services.order_views import OrderViews
 from gateway.services.read_limits import ReadLimits
 from gateway.services.reconciler import Reconciler
+from gateway.services.state_loss import StateLoss
 from gateway.services.write_spool import WriteSpool
 from gateway.settings import Settings
 from gateway.stores.revocation import RevocationStore
@@ -43,6 +45,9 @@ AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
 SETTLEMENTS = web.AppKey("settlements", WriteSpool[Settlement])
 RECONCILER = web.AppKey("reconciler", Reconciler)
 READ_LIMITS = web.AppKey("read_limits", ReadLimits)
+# This replica's memory of the shared state in Redis, and acknowledging its loss.
+CLUSTER_STATE = web.AppKey("cluster_state", ClusterState)
+STATE_LOSS = web.AppKey("state_loss", StateLoss)
 FANOUT = web.AppKey("fanout", Hub)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 # Open WebSocket connections per user (the per-user connection limit).

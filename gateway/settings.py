@@ -142,6 +142,12 @@ class RedisSettings:
     key_prefix: str = "expie-gw:"
     max_connections: int = 64
     revocation_sync_interval: float = 0.25
+    # Refuse to start on a Redis that keeps nothing on disk: its restart would lose the audit
+    # chain, idempotency keys and order owners (``gateway.stores.redis_persistence``).
+    require_persistence: bool = True
+    # How often each replica compares the cluster epoch and the chain head in Redis with what it
+    # saw (``gateway.services.state_watch``): a loss stops order calls within this.
+    state_check_interval: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +160,9 @@ class AuditSettings:
     retention_days: float = 0.0
     spool_limit: int = 100_000
     spool_retry_interval: float = 0.5
+    # Outside Redis on purpose: the last exported record, which ``audit verify`` holds the chain
+    # to, so a chain that restarted cannot pass for the one exported.
+    checkpoint_file: Path = Path("var/audit-checkpoint.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,8 +461,13 @@ def _redis(section: MappingReader) -> RedisSettings:
         key_prefix=section.text("key_prefix", "expie-gw:"),
         max_connections=section.integer("max_connections", 64, minimum=1),
         revocation_sync_interval=section.number("revocation_sync_interval", 0.25),
+        require_persistence=section.flag("require_persistence", True),
+        state_check_interval=section.number("state_check_interval", 0.5),
     )
     section.done()
+    if settings.state_check_interval > 1:
+        raise ConfigError(f"{section.key('state_check_interval')}: at most 1 s (a Redis that "
+                          "lost its data must stop order calls within a second)")
     return settings
 
 
@@ -468,6 +482,7 @@ def _audit(section: MappingReader) -> AuditSettings:
         retention_days=section.number("retention_days", 0.0, allow_zero=True),
         spool_limit=section.integer("spool_limit", 100_000, minimum=1),
         spool_retry_interval=section.number("spool_retry_interval", 0.5),
+        checkpoint_file=Path(section.text("checkpoint_file", "var/audit-checkpoint.json")),
     )
     section.done()
     return settings

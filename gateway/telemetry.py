@@ -33,6 +33,7 @@ ORDERS_RECONCILED = "expie_gateway.orders.reconciled"
 WS_SLOW_CLOSED = "expie_gateway.ws.slow_consumers_closed"
 WS_CONFLATED = "expie_gateway.ws.depth_conflations"
 LIVE_BOOK_RESYNCS = "expie_gateway.live_book.resyncs"
+STATE_LOST = "expie_gateway.state.lost"
 METER_NAME = "expie_gateway"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
@@ -76,6 +77,9 @@ INSTRUMENTS = (
                "verdict (placed, not_placed, cancelled, not_cancelled, unresolved)."),
     Instrument(LIVE_BOOK_RESYNCS, "counter",
                "Live books resynced after disagreeing with the exchange's depth.query, by market."),
+    Instrument(STATE_LOST, "gauge",
+               "1 while this replica refuses order calls because Redis lost the shared state "
+               "(until an admin acknowledges the loss), else 0."),
 )
 
 
@@ -118,7 +122,8 @@ class UpstreamMetrics:
 
 
 class OrderMetrics:
-    """The order desk's ``DeskEvents``, and the gauges of its spools (audit, settlements)."""
+    """The order desk's ``DeskEvents``, and the gauges of its spools (audit, settlements) and of
+    the shared state."""
 
     def __init__(self, meter: Meter) -> None:
         self._calls = meter.create_counter(ORDER_CALLS, unit="1",
@@ -133,6 +138,9 @@ class OrderMetrics:
         self._settlements: list[Callable[[], int]] = []
         meter.create_observable_gauge(SETTLEMENTS_SPOOLED, callbacks=[self._observe_settlements],
                                       description=_description(SETTLEMENTS_SPOOLED))
+        self._lost: list[Callable[[], bool]] = []
+        meter.create_observable_gauge(STATE_LOST, callbacks=[self._observe_lost],
+                                      description=_description(STATE_LOST))
 
     def sent(self, action: str, outcome: str) -> None:
         self._calls.add(1, {"action": action, "outcome": outcome})
@@ -149,11 +157,17 @@ class OrderMetrics:
     def watch_settlements(self, spooled: Callable[[], int]) -> None:
         self._settlements.append(spooled)
 
+    def watch_state(self, lost: Callable[[], bool]) -> None:
+        self._lost.append(lost)
+
     def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(sum(count() for count in self._spooled))]
 
     def _observe_settlements(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(sum(count() for count in self._settlements))]
+
+    def _observe_lost(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(int(any(lost() for lost in self._lost)))]
 
 
 class FanoutMetrics:

@@ -41,7 +41,9 @@ def order_settings(place: int = 1000, account_place: int = 1000, window: float =
 
 
 def write_config(directory: Path, sim: RunningSimulator, redis_url: str, prefix: str,
-                 orders: object) -> Path:
+                 orders: object, *, require_persistence: bool = False) -> Path:
+    """The desk's config; ``require_persistence`` off unless asked: the shared Redis of the tests
+    keeps nothing on disk."""
     key = directory / "k1.pem"
     done = cli("keys", "generate", "--kid", "k1", "--out", key)
     assert done.returncode == 0, done.stderr
@@ -60,8 +62,10 @@ def write_config(directory: Path, sim: RunningSimulator, redis_url: str, prefix:
                  "keys": [{"kid": "k1", "algorithm": "EdDSA", "private_key_file": str(key)}]},
         "users": {"file": str(users)},
         "accounts": accounts,
-        "redis": {"url": redis_url, "key_prefix": prefix},
-        "audit": {"file": str(directory / "audit.jsonl")},  # unused: Redis holds the audit
+        "redis": {"url": redis_url, "key_prefix": prefix,
+                  "require_persistence": require_persistence},
+        "audit": {"file": str(directory / "audit.jsonl"),  # unused: Redis holds the audit
+                  "checkpoint_file": str(directory / "audit-checkpoint.json")},
         "orders": orders,
     }), encoding="utf-8")
     return config
@@ -142,10 +146,12 @@ class DeskFactory:
     prefix: str
     http: aiohttp.ClientSession
     stack: contextlib.ExitStack
+    require_persistence: bool = False
 
     async def __call__(self, orders: object | None = None) -> Desk:
         config = write_config(self.directory, self.sim, self.redis_url, self.prefix,
-                              orders or order_settings())
+                              orders or order_settings(),
+                              require_persistence=self.require_persistence)
         desk = Desk(config, self.http, self.stack)
         issued = await asyncio.gather(*(asyncio.to_thread(
             cli, "token", "issue", "--config", config, "--user", user) for user, _, _ in USERS))

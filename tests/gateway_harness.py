@@ -31,14 +31,17 @@ ISSUER = "expie-gateway"
 
 def gateway_settings(simulator: RunningSimulator, redis: RedisSettings | None = None) -> Settings:
     """The demo's settings against ``simulator``; without Redis, the audit file and the kill
-    switches' state file go to a fresh temporary directory (each gateway its own)."""
+    switches' state file go to a fresh temporary directory (each gateway its own). A ``redis``
+    given is taken without ``require_persistence``: the tests' shared Redis keeps nothing on disk
+    on purpose (a test of the check builds its settings itself)."""
     settings = load_settings(DEMO_SETTINGS, environ={})
     state = Path(tempfile.mkdtemp(prefix="expie-gw-test-"))
     return dataclasses.replace(
         settings,
         upstream=UpstreamSettings(base_url=simulator.url("").rstrip("/")),
         users_file=USERS_FILE,
-        redis=redis or RedisSettings(),
+        redis=RedisSettings() if redis is None else dataclasses.replace(
+            redis, require_persistence=False),
         audit=dataclasses.replace(settings.audit, backend="auto", file=state / "audit.jsonl"),
         orders=dataclasses.replace(settings.orders, kill_switch=dataclasses.replace(
             settings.orders.kill_switch, state_file=state / "kill-switches.json")),

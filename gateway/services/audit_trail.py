@@ -6,8 +6,10 @@ the order is forwarded (``write_ahead`` fails closed with ``StoreUnavailable``, 
 admin actions) must never make a request fail after the fact, so ``record`` goes through a
 ``WriteSpool``: what the log cannot take is kept in order and retried every ``retry_interval``
 until written (new records queue behind it, so the chain keeps their order; a full spool drops
-the record with an error log naming it and counts it, ``dropped``). Also ``search`` (filters
-and a cursor, for ``GET /admin/audit``) and ``verify_log`` (the whole chain, for ``audit verify``).
+the record with an error log naming it and counts it, ``dropped``). A lost shared state
+(``StateLost``) refuses the intent as it is and keeps the rest spooled until it is acknowledged.
+Also ``search`` (filters and a cursor, for ``GET /admin/audit``) and ``verify_log`` (the whole
+chain, held to the export checkpoint and any reported loss, for ``audit verify``).
 
 It does not own the log's lifetime (whoever opened it starts and closes it) or build records.
 """
@@ -15,8 +17,8 @@ It does not own the log's lifetime (whoever opened it starts and closes it) or b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 from gateway.core.audit_chain import (
     AuditEvent,
@@ -26,7 +28,17 @@ from gateway.core.audit_chain import (
     Verification,
     verify_chain,
 )
-from gateway.errors import StoreUnavailable
+from gateway.core.audit_checkpoint import (
+    Checkpoint,
+    SegmentStart,
+    TrailFacts,
+    TrailVerdict,
+    judge,
+    segment_problem,
+    segment_start,
+)
+from gateway.core.cluster_state import LossReport
+from gateway.errors import StateLost, StoreUnavailable
 from gateway.services.write_spool import WriteSpool
 from gateway.stores.audit import AuditLog
 
@@ -96,6 +108,8 @@ class AuditTrail:
         """Store ``event`` now; ``StoreUnavailable`` when it cannot be (refuse the order)."""
         try:
             return await self._log.append(event)
+        except StateLost:
+            raise
         except StoreUnavailable as exc:
             raise StoreUnavailable("the audit trail cannot record this order, so it was not "
                                    "sent", code=UNAVAILABLE) from exc
@@ -130,8 +144,10 @@ def _describe(event: AuditEvent) -> str:
     return f"{event.kind} {event.action} record {event.id} of request {event.request_id}"
 
 
-async def verify_log(log: AuditLog, *, batch: int = _READ_BATCH) -> Verification:
-    """Verify the whole chain from the anchor to the head, streaming.
+async def verify_log(log: AuditLog, *, checkpoint: Checkpoint | None = None,
+                     loss: LossReport | None = None, batch: int = _READ_BATCH) -> TrailVerdict:
+    """Verify the whole chain from the anchor to the head, streaming; then hold it to
+    ``checkpoint`` (the last export's) and fail on ``loss`` (a loss reported, unacknowledged).
 
     Hashing runs in a worker thread that fetches pages on the event loop. Retried once when the
     anchor moved meanwhile (a trim ran), which would otherwise look like deleted records.
@@ -143,11 +159,41 @@ async def verify_log(log: AuditLog, *, batch: int = _READ_BATCH) -> Verification
         except MalformedRecord:
             head = None  # the newest record is unreadable: the scan reaches and reports it
         pages = _Pages(log, asyncio.get_running_loop(), anchor, head, batch)
-        result = await asyncio.to_thread(verify_chain, pages, anchor, head)
+        seen = _Seen(pages, None if checkpoint is None else checkpoint.seq)
+        result = await asyncio.to_thread(verify_chain, seen, anchor, head)
         result = pages.unreadable_first(result)
         if result.ok or await log.anchor() == anchor:
-            return result
-    return result
+            break
+    facts = TrailFacts(anchor, head or anchor, seen.at_checkpoint, seen.segments, seen.problems)
+    return judge(result, facts, checkpoint, loss)
+
+
+@dataclass
+class _Seen:
+    """Records as the verification reads them, noting the one at the checkpoint's seq and the
+    segments they start."""
+
+    records: Iterable[AuditRecord]
+    wanted: int | None
+    at_checkpoint: str | None = None
+    segments: list[SegmentStart] = field(default_factory=list)
+    problems: dict[int, str] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[AuditRecord]:
+        for record in self.records:
+            if record.seq == self.wanted:
+                self.at_checkpoint = record.hash
+            try:
+                start = segment_start(record)
+            except ValueError as exc:
+                self.problems[record.seq] = str(exc)
+                start = None
+            if start is not None:
+                self.segments.append(start)
+                problem = segment_problem(record, start)
+                if problem is not None:
+                    self.problems[record.seq] = problem
+            yield record
 
 
 class _Pages:

@@ -1,6 +1,7 @@
 """The order desk: placing and cancelling orders for the desk's users, once, audited.
 
-One journey for both calls (``_submit``): the screens (kill switch and risk for a place, the
+One journey for both calls (``_submit``): the shared state (503 ``state_lost`` while Redis has
+lost it, a kill switch's cancels included) -> the screens (kill switch and risk for a place, the
 owner for a cancel) -> the idempotency claim and the rate limits, decided in one atomic step (a
 replay is answered from the store before any limit or pacing is spent) -> pacing -> audit
 *intent*, durably stored, or the call is refused with 503 and never sent -> the exchange, with
@@ -218,6 +219,7 @@ class OrderDesk:
         # Built before the claim so the claim can name it: a lapsed claim points at its intent.
         intent_event = audit_event(context, self._step(submission, Kind.INTENT), self._clock)
         try:
+            self._checks.require_shared_state()
             screened = await _attempt(submission.screen)
             if key is None:
                 if screened is not None:

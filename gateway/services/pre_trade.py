@@ -1,12 +1,13 @@
 """The checks an order call passes before it may reach the exchange, in the desk's order:
-the screens (``before_place``: kill switch, risk limits; ``before_cancel``) -> rate limits of the
-user and of its upstream account (one atomic decision over both, cluster-wide) -> pacing of the
-account.
+the shared state (``require_shared_state``: every order call, a kill switch's cancels too, stops
+with 503 ``state_lost`` while Redis has lost what the replicas saw) -> the screens
+(``before_place``: kill switch, risk limits; ``before_cancel``) -> rate limits of the user and
+of its upstream account (one atomic decision over both, cluster-wide) -> pacing of the account.
 
 The rate limits are decided by ``admit`` for a call without an idempotency key; a keyed call
 hands ``limit_checks`` to the idempotency claim, which decides them in the same step as the
 claim (so a replay spends nothing), and renders a refusal with ``refusal``. Each refusal is a
-``GatewayError`` (423, 403, 429). An admitted call gets the ``RateLimit-*`` headers of the
+``GatewayError`` (503, 423, 403, 429). An admitted call gets the ``RateLimit-*`` headers of the
 tighter of its two limits. No aiohttp here.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 from gateway.auth.users import User
+from gateway.core.cluster_state import ClusterState
 from gateway.core.orders import OrderRequest
 from gateway.core.principal import Principal
 from gateway.core.risk import check_order, needs_reference
@@ -40,13 +42,20 @@ ReferencePrice = Callable[[str, str], Awaitable[Decimal | None]]
 class PreTradeChecks:
     def __init__(
         self, settings: OrderSettings, kill_switch: KillSwitchStore, limits: RateLimitStore,
-        pacer: AccountPacer, reference_price: ReferencePrice,
+        pacer: AccountPacer, reference_price: ReferencePrice, state: ClusterState,
     ) -> None:
         self._settings = settings
+        self._state = state
         self._kill_switch = kill_switch
         self._limits = limits
         self._pacer = pacer
         self._reference_price = reference_price
+
+    def require_shared_state(self) -> None:
+        """``StateLost`` while the shared state is lost: nothing may be claimed, limited or
+        sent against a Redis that forgot what it held (a replay could be sent twice), and no
+        intent can be chained."""
+        self._state.check()
 
     async def before_place(self, principal: Principal, user: User, order: OrderRequest) -> None:
         """The screens of a new order: the kill switch, then the user's risk rules."""

@@ -14,6 +14,10 @@ Redis layout (every write is one Lua script, so many replicas append to ONE chai
 - ``{prefix}audit:head``      hash ``seq``, ``hash``: the newest record (absent before the first)
 - ``{prefix}audit:anchor``    hash ``seq``, ``hash``: the last trimmed record (absent: none)
 - ``{prefix}audit:exported``  integer: the highest seq an export has written out
+- ``{prefix}cluster:epoch``, ``{prefix}cluster:lost``: the cluster epoch and a reported state
+  loss (``gateway.stores.cluster_epoch``). With a ``guard`` (the gateway's own log), an append
+  refuses unless the epoch is the one the replica joined, no loss is reported and the head is not
+  older than one the replica saw: a Redis that lost its data never gets a new chain on its own.
 
 The append script receives the event's canonical JSON and its SHA-256 digest, reads the head,
 computes ``seq``, ``prev`` and the link with ``redis.sha1hex`` (see ``gateway.core.audit_chain``
@@ -27,9 +31,11 @@ then stores the event twice, under its one event ``id``.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio
+from redis.exceptions import ResponseError
 
 from gateway.core.audit_chain import (
     GENESIS,
@@ -40,14 +46,16 @@ from gateway.core.audit_chain import (
     canonical_with_digest,
 )
 from gateway.core.mapping_reader import ConfigError
-from gateway.errors import StoreUnavailable
+from gateway.errors import StateLost, StoreUnavailable
 from gateway.settings import Settings
 from gateway.stores.audit_file import FileAuditLog
 from gateway.stores.redis_client import translating_errors
 
-__all__ = ["AuditLog", "FileAuditLog", "RedisAuditLog", "open_audit_log"]
+__all__ = ["AppendGuard", "AuditKeys", "AuditLog", "FileAuditLog", "RedisAuditLog",
+           "open_audit_log"]
 
 UNAVAILABLE = "audit_unavailable"
+STATE_LOST = "STATE_LOST"  # how the guarded append script's refusal starts
 _TRIM_BATCH = 1000  # records looked at per trim script call: keeps each call short in Redis
 
 
@@ -85,20 +93,68 @@ class AuditLog(Protocol):
         many were removed."""
 
 
-_HEAD_OR_ANCHOR = """
+class AppendGuard(Protocol):
+    """What a guarded append must find in Redis (``gateway.core.cluster_state.ClusterState``)."""
+
+    def append_guard(self) -> tuple[str, int]:
+        """The epoch, and the lowest head seq the new record may follow; raises when no append
+        may happen at all (``StateLost``, ``StoreUnavailable``)."""
+
+    def wrote(self, point: ChainPoint) -> None:
+        """A record was stored at ``point``."""
+
+    def lose(self, reason: str) -> bool:
+        """Redis refused the append because the state is lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditKeys:
+    """The Redis keys of one installation's audit chain and cluster epoch."""
+
+    records: str
+    head: str
+    anchor: str
+    exported: str
+    epoch: str
+    lost: str
+
+    @classmethod
+    def under(cls, prefix: str) -> AuditKeys:
+        audit, cluster = f"{prefix}audit:", f"{prefix}cluster:"
+        return cls(f"{audit}records", f"{audit}head", f"{audit}anchor", f"{audit}exported",
+                   f"{cluster}epoch", f"{cluster}lost")
+
+
+HEAD_OR_ANCHOR = """
 local point = redis.call('HMGET', KEYS[2], 'seq', 'hash')
 if not point[1] then point = redis.call('HMGET', KEYS[3], 'seq', 'hash') end
 """
-# KEYS: records, head, anchor. ARGV: event JSON, its digest, GENESIS.
-_APPEND = _HEAD_OR_ANCHOR + """
+# KEYS[1] records, KEYS[2] head; ARGV[1..3] event JSON, its digest, GENESIS; ``point`` the record
+# to follow. Leaves ``seq``, ``hash``, ``prev`` of the new record.
+LINK_AND_PUSH = """
 local seq = string.format('%d', tonumber(point[1] or '0') + 1)
 local prev = point[2] or ARGV[3]
 local hash = redis.sha1hex(prev .. ':' .. seq .. ':' .. ARGV[2])
 redis.call('RPUSH', KEYS[1],
   '{"event":' .. ARGV[1] .. ',"hash":"' .. hash .. '","prev":"' .. prev .. '","seq":' .. seq .. '}')
 redis.call('HSET', KEYS[2], 'seq', seq, 'hash', hash)
-return {seq, hash, prev}
 """
+_RETURN_RECORD = "return {seq, hash, prev}\n"
+# KEYS: records, head, anchor. ARGV: event JSON, its digest, GENESIS.
+_APPEND = HEAD_OR_ANCHOR + LINK_AND_PUSH + _RETURN_RECORD
+# KEYS: as _APPEND, then epoch, lost. ARGV: as _APPEND, then the epoch, the lowest head seq.
+_GUARDED_APPEND = HEAD_OR_ANCHOR + """
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  return redis.error_reply('STATE_LOST a replica reported a state loss in Redis')
+end
+if redis.call('HGET', KEYS[4], 'id') ~= ARGV[4] then
+  return redis.error_reply('STATE_LOST the cluster epoch in Redis is no longer ' .. ARGV[4])
+end
+if tonumber(point[1] or '0') < tonumber(ARGV[5]) then
+  return redis.error_reply('STATE_LOST the audit chain head in Redis is seq ' ..
+    (point[1] or '0') .. ', older than seq ' .. ARGV[5] .. ' this replica saw')
+end
+""" + LINK_AND_PUSH + _RETURN_RECORD
 # KEYS: records, anchor. ARGV: after_seq, limit. Positions count from the anchor.
 _READ = """
 local start = math.max(tonumber(ARGV[1]) - tonumber(redis.call('HGET', KEYS[2], 'seq') or '0'), 0)
@@ -137,12 +193,15 @@ return removed
 class RedisAuditLog:
     """One chain in Redis, appended to by every replica through one atomic script."""
 
-    def __init__(self, client: redis.asyncio.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.asyncio.Redis, prefix: str,
+                 guard: AppendGuard | None = None) -> None:
         self._client = client
-        base = f"{prefix}audit:"
+        keys = AuditKeys.under(prefix)
         self._records, self._head, self._anchor, self._exported = (
-            f"{base}{name}" for name in ("records", "head", "anchor", "exported"))
-        self._append = client.register_script(_APPEND)
+            keys.records, keys.head, keys.anchor, keys.exported)
+        self._guarded_keys = [keys.records, keys.head, keys.anchor, keys.epoch, keys.lost]
+        self._guard = guard
+        self._append = client.register_script(_APPEND if guard is None else _GUARDED_APPEND)
         self._read = client.register_script(_READ)
         self._mark = client.register_script(_MARK)
         self._trim = client.register_script(_TRIM)
@@ -154,12 +213,23 @@ class RedisAuditLog:
         return None
 
     async def append(self, event: AuditEvent) -> AuditRecord:
-        keys = [self._records, self._head, self._anchor]
         text, digest = canonical_with_digest(event)
-        with _unavailable():
-            reply = await self._append(keys=keys, args=[text, digest, GENESIS])
-        seq, hash_, prev = _triple(reply)
-        return AuditRecord(seq, prev, hash_, event)
+        guard = self._guard
+        if guard is None:
+            with _unavailable():
+                reply = await self._append(keys=[self._records, self._head, self._anchor],
+                                           args=[text, digest, GENESIS])
+            return _record(reply, event)
+        epoch, lowest = guard.append_guard()
+        try:
+            with _unavailable():
+                reply = await self._append(keys=self._guarded_keys,
+                                           args=[text, digest, GENESIS, epoch, lowest])
+        except StoreUnavailable as exc:
+            raise _lost(exc, guard) from exc.__cause__
+        record = _record(reply, event)
+        guard.wrote(ChainPoint(record.seq, record.hash))
+        return record
 
     async def read(self, after_seq: int, limit: int) -> list[AuditRecord]:
         with _unavailable():
@@ -199,16 +269,17 @@ class RedisAuditLog:
 
 
 def open_audit_log(settings: Settings, client: redis.asyncio.Redis | None, *,
-                   read_only: bool = False) -> AuditLog:
+                   read_only: bool = False, guard: AppendGuard | None = None) -> AuditLog:
     """Redis when ``settings.audit_in_redis`` (``client`` required), else the file.
 
     ``read_only`` opens the file without taking its writer lock, for ``audit export`` and
-    ``audit verify`` beside a running gateway; it makes no difference to Redis.
+    ``audit verify`` beside a running gateway; it makes no difference to Redis. ``guard`` (the
+    gateway's cluster state) makes every append in Redis check the epoch and the head first.
     """
     if settings.audit_in_redis:
         if client is None:
             raise ConfigError("audit.backend: the audit log is in Redis but redis.url is not set")
-        return RedisAuditLog(client, settings.redis.key_prefix)
+        return RedisAuditLog(client, settings.redis.key_prefix, guard)
     return FileAuditLog(settings.audit.file, fsync=settings.audit.fsync, read_only=read_only)
 
 
@@ -216,9 +287,27 @@ def _unavailable() -> AbstractContextManager[None]:
     return translating_errors("the audit log (Redis) is unavailable", UNAVAILABLE, name_cause=True)
 
 
-def _triple(reply: object) -> tuple[int, str, str]:
+def _lost(exc: StoreUnavailable, guard: AppendGuard) -> StoreUnavailable:
+    """The guarded script's refusal as ``StateLost`` (telling the guard at once, before its next
+    check); any other failure as it is."""
+    cause = exc.__cause__
+    if not isinstance(cause, ResponseError) or not str(cause).startswith(STATE_LOST):
+        return exc
+    reason = str(cause).removeprefix(STATE_LOST).strip()
+    guard.lose(reason)
+    return StateLost(f"Redis lost the gateway's shared state ({reason}); the record was not "
+                     "appended")
+
+
+def _record(reply: object, event: AuditEvent) -> AuditRecord:
+    seq, hash_, prev = triple(reply, "the audit append script")
+    return AuditRecord(seq, prev, hash_, event)
+
+
+def triple(reply: object, script: str) -> tuple[int, str, str]:
+    """A script's ``{seq, hash, prev}`` reply."""
     if not isinstance(reply, list) or len(reply) != 3:
-        raise StoreUnavailable("unexpected reply from the audit append script", code=UNAVAILABLE)
+        raise StoreUnavailable(f"unexpected reply from {script}", code=UNAVAILABLE)
     seq, hash_, prev = reply
     return int(seq), _text(hash_), _text(prev)
 

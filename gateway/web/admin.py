@@ -1,9 +1,12 @@
-"""Desk administration: ``POST``/``GET /admin/kill-switch`` and ``GET /admin/audit``.
+"""Desk administration: ``POST``/``GET /admin/kill-switch``, ``GET /admin/audit`` and
+``POST /admin/state-loss/acknowledge``.
 
 ``POST /admin/kill-switch`` takes a JSON object: ``scope`` (``desk``, ``account`` or ``user``),
 ``target`` (the account or user; not for the desk), ``engaged`` (default true), ``reason``
 (required to engage) and ``cancel_pending`` (default false: also cancel every pending order the
-switch covers). Both routes need the ``admin`` scope.
+switch covers). ``POST /admin/state-loss/acknowledge`` takes ``{"reason": …}`` and answers the
+first record of the new audit segment (``gateway.services.state_loss``). Every route needs the
+``admin`` scope.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from aiohttp import web
 
 from gateway.core.wire import MAX_PAGE_VALUE, wire_integer
 from gateway.errors import BadRequest
-from gateway.keys import AUDIT_TRAIL, CLOCK, KILL_SWITCHES, PRINCIPAL
+from gateway.keys import AUDIT_TRAIL, CLOCK, KILL_SWITCHES, PRINCIPAL, STATE_LOSS
 from gateway.services.audit_trail import AuditQuery
 from gateway.stores.kill_switch import KillSwitch, SwitchScope
 from gateway.web.bodies import json_object
@@ -66,6 +69,19 @@ async def audit_records(request: web.Request) -> web.Response:
         after_seq=_integer(query, "after", 0), limit=limit))
     return web.json_response({"records": [record.to_wire() for record in page.records],
                               "next_after": page.next_after})
+
+
+async def acknowledge_state_loss(request: web.Request) -> web.Response:
+    body = await json_object(request, code="bad_acknowledgement")
+    unknown = sorted(set(body) - {"reason"})
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}", code="bad_acknowledgement")
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+        raise BadRequest(f"reason: required, what happened and who checked it (1 to "
+                         f"{MAX_REASON} characters)", code="bad_acknowledgement")
+    record = await request.app[STATE_LOSS].acknowledge(call_context(request), reason.strip())
+    return web.json_response({"acknowledged": record.to_wire()})
 
 
 def _scope(value: object) -> SwitchScope:

@@ -109,7 +109,7 @@ _SCOPE_TEXT = {
     Scope.ORDERS_WRITE: "place and cancel orders",
     Scope.BALANCE_READ: "the account's balances",
     Scope.ORDERS_DESK: "every order of the account",
-    Scope.ADMIN: "kill switches, the audit trail, revocation",
+    Scope.ADMIN: "kill switches, the audit trail, revocation, acknowledging a state loss",
 }
 
 
@@ -223,6 +223,13 @@ def _own_paths() -> dict[str, Json]:
         "/admin/audit": {"get": _operation(
             "Audit records, oldest first.", Scope.ADMIN, audit_query,
             {"200": _json_answer("a page of records"), **_AUTH_ERRORS, "503": _ERROR})},
+        "/admin/state-loss/acknowledge": {"post": _operation(
+            "Acknowledge that Redis lost the shared state: a new epoch and audit segment; order "
+            "calls resume.", Scope.ADMIN, [],
+            {"200": _json_answer("the new segment's first record"), **_AUTH_ERRORS,
+             "409": _ERROR, "503": _ERROR},
+            _json_body({"$ref": "#/components/schemas/StateLossAcknowledgement"},
+                       ADMIN_BODY_LIMIT))},
         "/ws": {"get": _operation(
             "WebSocket upgrade: Expie's JSON-RPC through the fan-out.", Scope.MARKET_READ, [],
             {"101": {"description": "switching protocols"}, **_AUTH_ERRORS, "426": _ERROR})},
@@ -265,6 +272,9 @@ def _schemas() -> Json:
         "Revocation": {"type": "object", "minProperties": 1, "maxProperties": 1,
                        "properties": {name: {"type": "string", "minLength": 1}
                                       for name in ("jti", "token", "user")}},
+        "StateLossAcknowledgement": {
+            "type": "object", "required": ["reason"], "additionalProperties": False,
+            "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 500}}},
         "KillSwitch": {"type": "object", "required": ["scope"], "additionalProperties": False,
                        "properties": {
                            "scope": {"type": "string", "enum": ["desk", "account", "user"]},

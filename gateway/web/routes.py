@@ -9,7 +9,12 @@ from aiohttp import hdrs, web
 from gateway.core.principal import Scope
 from gateway.errors import MethodNotAllowed, NotFound
 from gateway.keys import OPENAPI_BODY
-from gateway.web.admin import audit_records, list_kill_switches, set_kill_switch
+from gateway.web.admin import (
+    acknowledge_state_loss,
+    audit_records,
+    list_kill_switches,
+    set_kill_switch,
+)
 from gateway.web.auth_routes import issue_token, jwks, revoke
 from gateway.web.edge import name_the_server
 from gateway.web.exchange import EXCHANGE_ROUTES, exchange_handler
@@ -57,6 +62,8 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/admin/kill-switch", protected(Scope.ADMIN, list_kill_switches),
                    allow_head=False)
     router.add_get("/admin/audit", protected(Scope.ADMIN, audit_records), allow_head=False)
+    router.add_post("/admin/state-loss/acknowledge",
+                    protected(Scope.ADMIN, acknowledge_state_loss))
     router.add_get("/ws", websocket, allow_head=False)
     router.add_get("/healthz", public(healthz), allow_head=False)
     router.add_get("/readyz", public(readyz), allow_head=False)

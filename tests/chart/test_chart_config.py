@@ -145,7 +145,7 @@ def test_the_sentinels_reach_the_secret(suite: Suite) -> None:
     assert files["account-desk-beta"].decode() == BETA_TOKEN
     assert files["redis-password"].decode() == REDIS_PASSWORD
     settings = gateway_config(suite["single-redis-password"].manifests)
-    assert settings["redis"] == {"url": "redis://redis:6379/0",
+    assert settings["redis"] == {"url": "redis://redis:6379/0", "require_persistence": True,
                                  "password_file": f"{SECRETS_DIR}/redis-password"}
 
 
@@ -210,7 +210,9 @@ def test_the_settings_follow_the_values(suite: Suite) -> None:
     assert settings["server"]["public_url"] == "https://gateway.desk.example"
     assert settings["upstream"]["base_url"] == "https://exchange.desk.example"
     assert settings["redis"]["url"] == "rediss://redis.data.svc:6380/0"
+    assert settings["redis"]["require_persistence"] is True
     assert settings["audit"]["backend"] == "auto"
+    assert settings["audit"]["checkpoint_file"] == "/var/lib/expie-gateway/audit-checkpoint.json"
     assert settings["auth"]["signing_key"] == "prod-2"
     assert settings["auth"]["keys"] == [
         {"kid": "prod-2", "algorithm": "ES256",
@@ -221,6 +223,14 @@ def test_the_settings_follow_the_values(suite: Suite) -> None:
     assert settings["logging"] == {"level": "WARNING"}
     assert settings["cache"] == {"ticker_ttl": 0.5}
     assert settings["orders"] == {"pacing": {"rate": 20}}
+
+
+def test_staging_may_run_on_a_redis_without_persistence_and_keep_the_checkpoint_elsewhere(
+    suite: Suite,
+) -> None:
+    settings = gateway_config(suite["staging-redis-without-persistence"].manifests)
+    assert settings["redis"] == {"url": "redis://redis:6379/0", "require_persistence": False}
+    assert settings["audit"]["checkpoint_file"] == "/archive/cp.json"
 
 
 def test_trusted_external_issuers_are_rendered(suite: Suite) -> None:

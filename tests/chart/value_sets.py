@@ -146,6 +146,9 @@ def value_sets(material: Material) -> dict[str, dict[str, Any]]:
             audit={"backend": "auto"},
             accounts=[{"name": "desk-alpha", "token": ALPHA_TOKEN},
                       {"name": "desk-beta", "token": BETA_TOKEN}]),
+        "staging-redis-without-persistence": merged(
+            base, redis={"url": "redis://redis:6379/0", "requirePersistence": False},
+            audit={"backend": "auto"}, config={"audit": {"checkpoint_file": "/archive/cp.json"}}),
         "long-drain": merged(base, server={"drainDelay": 30, "shutdownTimeout": 45.5}),
         "grace-set": merged(base, terminationGracePeriodSeconds=60),
     }
@@ -172,6 +175,8 @@ REFUSALS: dict[str, tuple[dict[str, Any], str]] = {
     "grace-shorter-than-drain": ({"terminationGracePeriodSeconds": 20},
                                  "terminationGracePeriodSeconds"),
     "config-sets-a-chart-key": ({"config": {"server": {"port": 9090}}}, "config.server.port"),
+    "config-sets-require-persistence": (
+        {"config": {"redis": {"require_persistence": False}}}, "redis.requirePersistence"),
     "config-sets-the-state-file": (
         {"config": {"orders": {"kill_switch": {"state_file": "/tmp/switches"}}}},
         "config.orders.kill_switch.state_file"),

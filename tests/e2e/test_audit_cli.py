@@ -53,8 +53,10 @@ class FileTrail:
     def __init__(self, directory: Path) -> None:
         self.path = directory / "audit.jsonl"
         self.config = directory / "gateway.yaml"
+        self.checkpoint = directory / "audit-checkpoint.json"
         self.config.write_text(yaml.safe_dump(
-            {"audit": {"backend": "file", "file": str(self.path)}}), encoding="utf-8")
+            {"audit": {"backend": "file", "file": str(self.path),
+                       "checkpoint_file": str(self.checkpoint)}}), encoding="utf-8")
 
     def fill(self, times: list[float]) -> list[AuditRecord]:
         return asyncio.run(append_all(FileAuditLog(self.path), times))
@@ -143,7 +145,8 @@ def test_verify_passes_an_intact_trail(
     trail.fill(minutes(1, 2, 3, 4))
     assert trail.run("verify") == 0
     assert verdict(capsys.readouterr().out) == {
-        "ok": True, "checked": 4, "problem": None, "seq": None}
+        "ok": True, "checked": 4, "problem": None, "seq": None, "checkpoint": None,
+        "segments": [], "state_loss": None}
 
 
 def edit(lines: list[str]) -> list[str]:
@@ -173,7 +176,67 @@ def test_verify_names_the_first_tampered_record(
     trail.rewrite(tamper(trail.lines()))
     assert trail.run("verify") == 1
     assert verdict(capsys.readouterr().out) == {
-        "ok": False, "checked": 2, "problem": problem, "seq": 3}
+        "ok": False, "checked": 2, "problem": problem, "seq": 3, "checkpoint": None,
+        "segments": [], "state_loss": None}
+
+
+# the checkpoint
+
+
+def test_a_marked_export_writes_the_checkpoint_that_verify_holds_the_trail_to(
+    trail: FileTrail, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = trail.fill(minutes(1, 2, 3))
+    assert trail.run("export", "--since", "2024-11-24T10:00:00Z", "--output",
+                     str(tmp_path / "x.jsonl"), "--mark-exported") == 0
+    assert f"checkpoint {trail.checkpoint}: seq 3" in capsys.readouterr().err
+    written = {"seq": 3, "hash": records[2].hash, "epoch": None}
+    assert json.loads(trail.checkpoint.read_text(encoding="utf-8")) == written
+    trail.fill(minutes(4))
+    assert trail.run("verify") == 0
+    assert verdict(capsys.readouterr().out)["checkpoint"] == written
+
+
+def test_a_trail_that_started_again_fails_against_the_checkpoint_and_does_not_move_it(
+    trail: FileTrail, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = trail.fill(minutes(1, 2, 3))
+    assert trail.run("export", "--since", iso(T0), "--output", str(tmp_path / "x.jsonl"),
+                     "--mark-exported") == 0
+    for path in tmp_path.glob("audit.jsonl*"):
+        path.unlink()  # the trail is gone, and a new one starts from genesis
+    trail.fill(minutes(10, 11))
+    capsys.readouterr()
+    assert trail.run("verify") == 1
+    result = verdict(capsys.readouterr().out)
+    assert (result["ok"], result["checked"], result["seq"]) == (False, 2, 3)
+    assert result["problem"] == (
+        f"the audit trail ends at seq 2, before the last exported checkpoint (seq 3, hash "
+        f"{records[2].hash}): it restarted or lost its newest records")
+    trail.fill(minutes(12, 13))
+    assert trail.run("export", "--since", iso(T0), "--output", str(tmp_path / "y.jsonl"),
+                     "--mark-exported") == 1
+    assert "the checkpoint stays at seq 3: record 3 does not match the last exported " \
+        "checkpoint" in capsys.readouterr().err
+    assert json.loads(trail.checkpoint.read_text(encoding="utf-8"))["hash"] == records[2].hash
+
+
+def test_a_checkpoint_file_that_is_not_one_is_named(
+    trail: FileTrail, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trail.fill(minutes(1))
+    trail.checkpoint.write_text('{"seq": 1}', encoding="utf-8")
+    assert trail.run("verify") == 2
+    assert f"{trail.checkpoint} (audit.checkpoint_file): not a checkpoint" in \
+        capsys.readouterr().err
+
+
+def test_acknowledging_a_loss_needs_the_trail_in_redis(
+    trail: FileTrail, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trail.fill(minutes(1))
+    assert trail.run("acknowledge-loss", "--reason", "checked") == 2
+    assert "acknowledge-loss needs the audit trail in Redis" in capsys.readouterr().err
 
 
 # trim
@@ -245,8 +308,9 @@ def test_export_and_verify_read_the_trail_in_redis(
             await client.aclose()
     records = asyncio.run(fill())
     config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump({"redis": {"url": redis_url, "key_prefix": key_prefix}}),
-                      encoding="utf-8")
+    config.write_text(yaml.safe_dump({
+        "redis": {"url": redis_url, "key_prefix": key_prefix},
+        "audit": {"checkpoint_file": str(tmp_path / "audit-checkpoint.json")}}), encoding="utf-8")
     assert run_audit_command(["audit", "verify", "--config", str(config)]) == 0
     assert verdict(capsys.readouterr().out)["checked"] == 3
     assert run_audit_command(["audit", "export", "--since", "2024-11-24T10:02:00Z",

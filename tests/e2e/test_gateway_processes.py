@@ -25,7 +25,8 @@ async def replicas(
     sim: RunningSimulator, tmp_path: Path, redis_url: str, key_prefix: str
 ) -> AsyncIterator[tuple[list[int], str]]:
     """Two serving processes (their ports) and a token both accept."""
-    config = process_config(tmp_path, sim, redis={"url": redis_url, "key_prefix": key_prefix})
+    config = process_config(tmp_path, sim, redis={"url": redis_url, "key_prefix": key_prefix,
+                                                  "require_persistence": False})
     ports = [free_port(), free_port()]
     with serving(config, ports[0]), serving(config, ports[1]):
         for port in ports:

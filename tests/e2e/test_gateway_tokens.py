@@ -308,7 +308,8 @@ async def test_a_healthy_gateway_is_alive_and_ready(gw: RunningGateway) -> None:
     assert (await gw.call("GET", "/healthz"))[:2] == (200, {"status": "ok"})
     status, body, _ = await gw.call("GET", "/readyz")
     assert (status, body) == (200, {"status": "ready", "dependencies": {
-        "revocation_store": "ok", "kill_switch_store": "ok", "upstream_circuit": "closed"},
+        "revocation_store": "ok", "kill_switch_store": "ok", "upstream_circuit": "closed",
+        "shared_state": "ok"},
         "audit_spool": {"pending": 0, "dropped": 0},
         "settlement_spool": {"pending": 0, "dropped": 0}})
 
@@ -324,7 +325,8 @@ async def test_a_gateway_whose_redis_is_unreachable_stays_ready_and_serves_marke
     assert (status, body["status"]) == (200, "ready")
     assert body["dependencies"] == {"revocation_store": "unavailable",
                                     "kill_switch_store": "unavailable",
-                                    "upstream_circuit": "closed"}
+                                    "upstream_circuit": "closed",
+                                    "shared_state": "unchecked"}
     status, body, _ = await gw.call("POST", "/admin/tokens/revoke",
                                     gw.token("desk-admin", ["admin"]), json={"jti": "some-id"})
     assert (status, body["error"]["code"]) == (503, "store_unavailable")

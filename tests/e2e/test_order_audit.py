@@ -66,8 +66,9 @@ async def place_as(gateway: RunningGateway, request_id: str, body: dict[str, str
 def cli_verify(directory: Path, redis_url: str, prefix: str) -> dict[str, Any]:
     """``expie-gateway audit verify`` against the gateway's Redis trail (exit status 0)."""
     config = directory / "audit.yaml"
-    config.write_text(yaml.safe_dump({"redis": {"url": redis_url, "key_prefix": prefix}}),
-                      encoding="utf-8")
+    config.write_text(yaml.safe_dump({
+        "redis": {"url": redis_url, "key_prefix": prefix},
+        "audit": {"checkpoint_file": str(directory / "audit-checkpoint.json")}}), encoding="utf-8")
     done = cli("audit", "verify", "--config", config)
     assert done.returncode == 0, done.stderr
     verdict: dict[str, Any] = json.loads(done.stdout)
@@ -118,7 +119,8 @@ async def test_with_redis_stopped_orders_are_refused_unsent_and_no_record_is_los
     verification = await verify_log(RedisAuditLog(redis_client, key_prefix))
     assert (verification.ok, verification.checked) == (True, 6)
     assert await asyncio.to_thread(cli_verify, tmp_path, redis_url, key_prefix) == {
-        "ok": True, "checked": 6, "problem": None, "seq": None}
+        "ok": True, "checked": 6, "problem": None, "seq": None, "checkpoint": None,
+        "segments": [], "state_loss": None}
 
 
 @pytest.mark.redis

@@ -41,7 +41,8 @@ async def assert_audit_exports_whole(desk: Desk, port: int) -> None:
     verified = await asyncio.to_thread(cli, "audit", "verify", "--config", desk.config)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert json.loads(verified.stdout) == {
-        "ok": True, "checked": len(records), "problem": None, "seq": None}
+        "ok": True, "checked": len(records), "problem": None, "seq": None, "checkpoint": None,
+        "segments": [], "state_loss": None}
     exported = await asyncio.to_thread(
         cli, "audit", "export", "--since", "1h", "--config", desk.config)
     assert exported.returncode == 0, exported.stderr

@@ -123,6 +123,13 @@ def test_an_override_sets_a_string() -> None:
     assert settings.redis.url == "redis://x:6379/0"
 
 
+def test_persistence_is_required_unless_a_test_or_demo_turns_it_off() -> None:
+    assert load_settings(GATEWAY_YAML, environ={}).redis.require_persistence
+    settings = load_settings(GATEWAY_YAML,
+                             environ={"EXPIE_GW_REDIS__REQUIRE_PERSISTENCE": "false"})
+    assert not settings.redis.require_persistence
+
+
 def test_an_override_ending_in_a_colon_is_a_string_not_a_mapping() -> None:
     settings = load_settings(GATEWAY_YAML, environ={"EXPIE_GW_REDIS__KEY_PREFIX": "gw-blue:"})
     assert settings.redis.key_prefix == "gw-blue:"
@@ -210,6 +217,8 @@ KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
         ("auth:\n  keys:\n    - {kid: k1}\n", "auth.keys[0].kid"),
         ("auth: {token_ttl: 90000}\n", "auth.token_ttl"),
         ("redis: {url: 'http://redis:6379'}\n", "redis.url"),
+        ("redis: {state_check_interval: 2}\n", "redis.state_check_interval"),
+        ("redis: {require_persistence: 'yes'}\n", "redis.require_persistence"),
         ("accounts:\n  - {name: desk-alpha}\n", "accounts[0].token_env"),
         ("logging: {level: chatty}\n", "logging.level"),
         ("orders: {limits: {place: {count: 0}}}\n", "orders.limits.place.count"),
@@ -231,6 +240,7 @@ KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
          "no-shutdown-time", "negative-drain", "bad-cidr", "proxies-not-a-list", "retries",
          "url-without-scheme", "algorithm",
          "signing-key-missing", "env-and-file", "no-key-material", "ttl-over-max", "redis-url",
+         "slow-state-check", "persistence-not-a-flag",
          "account-without-token", "log-level", "limit-count-zero", "unknown-limit",
          "negative-notional", "unknown-risk-key", "slow-kill-switch-sync", "audit-backend",
          "audit-in-redis-without-redis", "ws-url-scheme", "ws-depth-limit",

@@ -241,7 +241,7 @@ seccompProfile:
   "server" (dict "host" "(always 0.0.0.0)" "port" "server.port" "drain_delay" "server.drainDelay" "shutdown_timeout" "server.shutdownTimeout" "header_timeout" "server.headerTimeout" "body_timeout" "server.bodyTimeout" "public_url" "server.publicUrl" "trusted_proxies" "server.trustedProxies")
   "upstream" (dict "base_url" "upstream.baseUrl")
   "auth" (dict "issuer" "auth.issuer" "audience" "auth.audience" "token_ttl" "auth.tokenTtl" "max_token_ttl" "auth.maxTokenTtl" "signing_key" "auth.signingKey" "keys" "auth.keys" "external_issuers" "auth.externalIssuers")
-  "redis" (dict "url" "redis.url" "password_file" "redis.auth" "password_env" "redis.auth")
+  "redis" (dict "url" "redis.url" "password_file" "redis.auth" "password_env" "redis.auth" "require_persistence" "redis.requirePersistence")
   "audit" (dict "backend" "audit.backend" "file" "(the chart's volume)" "fsync" "audit.fsync")
   "ws" (dict "upstream_url" "upstream.wsUrl") -}}
 {{- range $section, $keys := $owned -}}
@@ -318,6 +318,7 @@ seccompProfile:
 {{- $_ := set $config "accounts" $accounts -}}
 {{- $redis := get $config "redis" | default dict -}}
 {{- $_ := set $redis "url" (.Values.redis.url | default "") -}}
+{{- $_ := set $redis "require_persistence" .Values.redis.requirePersistence -}}
 {{- if include "expie-gateway.redisAuth" . -}}
 {{- $_ := set $redis "password_file" (printf "%s/redis-password" $secrets) -}}
 {{- end -}}
@@ -326,6 +327,9 @@ seccompProfile:
 {{- $_ := set $audit "backend" .Values.audit.backend -}}
 {{- $_ := set $audit "file" (printf "%s/audit.jsonl" $state) -}}
 {{- $_ := set $audit "fsync" .Values.audit.fsync -}}
+{{- if not (hasKey $audit "checkpoint_file") -}}
+{{- $_ := set $audit "checkpoint_file" (printf "%s/audit-checkpoint.json" $state) -}}
+{{- end -}}
 {{- $_ := set $config "audit" $audit -}}
 {{- if not .Values.redis.url -}}
 {{- $orders := get $config "orders" | default dict -}}
