@@ -14,7 +14,7 @@ SIM_PORT ?= 8081
 REDIS_URL ?= redis://127.0.0.1:6379/0
 export REDIS_URL
 
-.PHONY: help demo test lint unit bench fuzz venv tools clean
+.PHONY: help demo test lint unit bench chaos fuzz venv tools clean
 
 help:
 	@echo "make demo   start the simulator and the gateway in front of it, print a token and calls"
@@ -22,6 +22,8 @@ help:
 	@echo "make test   lint, make sure Redis answers, run the whole test suite"
 	@echo "make lint   ruff + mypy --strict + hadolint"
 	@echo "make bench  run every benchmark under bench/ (JSON to stdout and bench/results/)"
+	@echo "make chaos  the gateway's processes through real faults (Redis and replicas killed,"
+	@echo "            exchange errors, retry storm, stalled pushes): one JSON line per scenario"
 	@echo "make fuzz   a long schema-driven fuzz of a live gateway (counts as JSON)"
 	@echo "make tools  the chart tests' tools (Helm's engine, Kubernetes schemas) in $(TOOLS_VENV)"
 
@@ -56,8 +58,8 @@ demo: $(PACKAGE_STAMP)
 	@$(BIN)/expie-gateway demo --port $(PORT) --sim-port $(SIM_PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway simulator tests bench scripts
-	$(BIN)/mypy --strict gateway simulator
+	$(BIN)/ruff check gateway simulator tests bench scripts chaos
+	$(BIN)/mypy --strict gateway simulator chaos
 	$(BIN)/hadolint Dockerfile
 
 test: $(STAMP) $(TOOLS_STAMP) lint
@@ -71,6 +73,11 @@ bench: $(STAMP)
 	@mkdir -p bench/results
 	@set -e; for module in bench.simulator_rest bench.auth_overhead bench.market_data bench.order_path bench.ws_fanout bench.sign_in_guessing; do \
 		echo ">>> $$module" >&2; $(BIN)/python -m $$module; done
+
+# Its own redis-server (on a free port, with AOF), the simulator and gateway replicas, all on
+# loopback; exit 1 when a scenario is not ok. `make test` runs the short version.
+chaos: $(STAMP)
+	$(BIN)/python -m chaos
 
 fuzz: $(STAMP)
 	$(BIN)/python -m tests.fuzzing --examples $(or $(EXAMPLES),300)

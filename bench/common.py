@@ -3,9 +3,10 @@
 Servers run as subprocesses on 127.0.0.1 only and are stopped by their PID. Load comes from
 ``wrk``; its text output is parsed here and nowhere else. Results go to ``bench/results/``.
 The deployment under test (simulator, gateway config and CLI, the bare baseline, a Redis key
-prefix to check and clean up), alternating rounds, percentiles and ``py-spy`` sampling are shared
-here too. Nothing here imports the gateway or the simulator: they are driven
-through their command lines and their YAML files.
+prefix to check and clean up, or a ``redis-server`` of one's own), alternating rounds,
+percentiles and ``py-spy`` sampling are shared here too; the chaos scenarios (``chaos/``) and the
+tests' own Redis servers use the same pieces. Nothing here imports the gateway or the simulator:
+they are driven through their command lines and their YAML files.
 """
 
 from __future__ import annotations
@@ -263,6 +264,70 @@ def delete_prefixed(url: str, prefix: str) -> None:
         keys = list(client.scan_iter(match=f"{prefix}*", count=500))
         if keys:
             client.delete(*keys)
+
+
+class RedisServer:
+    """A ``redis-server`` of the caller's own on a free loopback port, living in ``directory``:
+    for a test or a chaos scenario that kills, restarts or wipes it, never the shared server.
+
+    Stopped (or killed with SIGKILL, as a crash would be) by its PID. ``persistent`` turns on AOF
+    with ``appendfsync always``, so a restart on the same port and directory finds every write
+    acknowledged before the kill.
+    """
+
+    START_WITHIN = 10.0
+
+    def __init__(self, directory: Path, *, persistent: bool) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.persistent = persistent
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (or restart, on the same port and directory) and wait until it answers."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise BenchError("redis-server is not installed (apt-get install redis-server)")
+        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
+                       else ["--appendonly", "no"])
+        self._process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", HOST, "--dir", str(self.directory),
+             "--save", "", "--daemonize", "no", "--loglevel", "warning", *persistence],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(host=HOST, port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + self.START_WITHIN
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.exceptions.RedisError:
+                    if time.monotonic() > deadline or self._process.poll() is not None:
+                        raise
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is written on the way out."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=self.START_WITHIN)
+        self._process = None
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=self.START_WITHIN)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=self.START_WITHIN)
+        self._process = None
 
 
 def redis_server_pid(url: str) -> int | None:
