@@ -22,8 +22,9 @@ help:
 	@echo "make test   lint, make sure Redis answers, run the whole test suite"
 	@echo "make lint   ruff + mypy --strict + hadolint"
 	@echo "make bench  run every benchmark under bench/ (JSON to stdout and bench/results/)"
-	@echo "make chaos  the gateway's processes through real faults (Redis and replicas killed,"
-	@echo "            exchange errors, retry storm, stalled pushes): one JSON line per scenario"
+	@echo "make chaos  the gateway's processes through real faults (Redis emptied or killed,"
+	@echo "            replicas killed, exchange errors, retry storm, stalled pushes): one JSON"
+	@echo "            line per scenario"
 	@echo "make fuzz   a long schema-driven fuzz of a live gateway (counts as JSON)"
 	@echo "make tools  the chart tests' tools (Helm's engine, Kubernetes schemas) in $(TOOLS_VENV)"
 

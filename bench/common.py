@@ -170,11 +170,17 @@ def clean_environment() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if not name.startswith("EXPIE_GW_")}
 
 
-def gateway_cli(*args: str | Path) -> str:
-    """``expie-gateway ARGS``; its stdout, or ``BenchError`` with its stderr."""
-    done = subprocess.run([sys.executable, "-m", "gateway", *map(str, args)], cwd=REPO,
+def gateway_cli_run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``expie-gateway ARGS`` run to its end, whatever its exit status (stdout and stderr as
+    text): for a command whose failure is an answer, as ``audit verify``'s is."""
+    return subprocess.run([sys.executable, "-m", "gateway", *map(str, args)], cwd=REPO,
                           env=clean_environment(), capture_output=True, text=True, check=False,
                           timeout=CLI_TIMEOUT)
+
+
+def gateway_cli(*args: str | Path) -> str:
+    """``expie-gateway ARGS``; its stdout, or ``BenchError`` with its stderr."""
+    done = gateway_cli_run(*args)
     if done.returncode != 0:
         raise BenchError(f"expie-gateway {args[0]} failed: {done.stderr.strip()}")
     return done.stdout
@@ -185,6 +191,11 @@ def gateway_command(config: Path) -> list[str]:
 
 
 UNLIMITED = {"count": 100_000_000, "window": 1}
+
+
+def audit_file(directory: Path, name: str) -> Path:
+    """The audit file (used without Redis) of the config ``name`` written to ``directory``."""
+    return directory / f"{name}-audit.jsonl"
 
 
 def write_gateway_config(
@@ -216,7 +227,7 @@ def write_gateway_config(
         "users": {"file": str(USERS_FILE)},
         "accounts": accounts,
         "logging": {"level": "WARNING"},
-        "audit": {"file": str(directory / f"{name}-audit.jsonl")},
+        "audit": {"file": str(audit_file(directory, name))},
         "orders": {"limits": {"read": UNLIMITED, "market_data": UNLIMITED}},
         **(extra or {}),
     }), encoding="utf-8")
@@ -272,10 +283,13 @@ class RedisServer:
 
     Stopped (or killed with SIGKILL, as a crash would be) by its PID. ``persistent`` turns on AOF
     with ``appendfsync always``, so a restart on the same port and directory finds every write
-    acknowledged before the kill.
+    acknowledged before the kill; ``wipe`` between the two makes it come back empty instead.
     """
 
     START_WITHIN = 10.0
+    # What Redis keeps in its directory: the append-only files (a directory since Redis 7, one
+    # file before) and a snapshot (none is taken here: ``--save ""``, but a wipe leaves none).
+    DATA = ("appendonlydir", "appendonly.aof", "dump.rdb")
 
     def __init__(self, directory: Path, *, persistent: bool) -> None:
         self.directory = directory
@@ -318,6 +332,18 @@ class RedisServer:
             self._process.kill()
             self._process.wait(timeout=self.START_WITHIN)
         self._process = None
+
+    def wipe(self) -> None:
+        """Delete the data Redis keeps in its directory, so the next ``start`` finds nothing:
+        a Redis restarted without its data. Only while it is not running."""
+        if self._process is not None and self._process.poll() is None:
+            raise BenchError("wipe a redis-server that runs: kill or stop it first")
+        for name in self.DATA:
+            path = self.directory / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -29,12 +30,13 @@ from bench.common import (
     HOST,
     REPO,
     UNLIMITED,
-    BenchError,
     RedisServer,
     Server,
+    audit_file,
     clean_environment,
     free_port,
     gateway_cli,
+    gateway_cli_run,
     gateway_command,
     running,
     simulator_accounts,
@@ -46,11 +48,13 @@ from bench.common import (
 )
 
 # Who calls the gateway in the scenarios: two traders sharing an exchange account (a retry
-# storm of one must not spend the other's budget) and an administrator who reads the trail.
+# storm of one must not spend the other's budget), an administrator who reads the trail, and
+# the desk's operator, who may cancel any order of the account (ones whose owner was lost too).
 USERS: dict[str, list[str]] = {
     "trader-a": ["market:read", "orders:read", "orders:write"],
     "trader-b": ["orders:read", "orders:write"],
     "desk-admin": ["admin", "orders:read"],
+    "desk-ops": ["orders:read", "orders:write", "orders:desk"],
 }
 ACCOUNT = "desk-alpha"
 CALL_TIMEOUT = 30.0  # longer than any gateway timeout a scenario sets: the gateway answers first
@@ -135,7 +139,7 @@ class Lab:
         port = free_port()
         replica = f"{name}-{number}"
         config = write_gateway_config(self.directory, port, self.sim_port, name=replica,
-                                      extra=merged(self.defaults(name, port), settings))
+                                      extra=merged(self.defaults(name, replica, port), settings))
         log = self.directory / f"{replica}.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(gateway_command(config), cwd=REPO, stdout=sink,
@@ -143,15 +147,23 @@ class Lab:
         server = Server(f"gateway {replica}", process, f"http://{HOST}:{port}/readyz", log)
         return Replica(server, config, port)
 
-    def defaults(self, name: str, port: int) -> dict[str, dict[str, object]]:
-        """What every scenario's gateway runs with: this lab's Redis under the scenario's own
-        prefix, no drain delay (a scenario kills or stops replicas itself), limits far above
-        what a scenario sends unless it sets its own, and no pacing (it is per process)."""
+    def checkpoint_file(self, name: str) -> Path:
+        """The export checkpoint (``audit.checkpoint_file``) of ``name``'s replicas, in this
+        lab's directory: never the repository's ``var/``, which a developer's own runs move."""
+        return self.directory / f"{name}-audit-checkpoint.json"
+
+    def defaults(self, name: str, replica: str, port: int) -> dict[str, dict[str, object]]:
+        """What every scenario's gateway (``replica``) runs with: this lab's Redis under the
+        scenario's own prefix, its audit file and checkpoint in this lab's directory, no drain
+        delay (a scenario kills or stops replicas itself), limits far above what a scenario
+        sends unless it sets its own, and no pacing (it is per process)."""
         return {
             "server": {"host": HOST, "port": port, "drain_delay": 0},
             "upstream": {"base_url": self.sim_base},
             "users": {"file": str(self.directory / "users.yaml")},
             "redis": {"url": self.redis.url, "key_prefix": f"chaos:{name}:"},
+            "audit": {"file": str(audit_file(self.directory, replica)),
+                      "checkpoint_file": str(self.checkpoint_file(name))},
             "orders": {"limits": {"place": UNLIMITED, "cancel": UNLIMITED, "read": UNLIMITED,
                                   "market_data": UNLIMITED},
                        "account_limits": {"place": UNLIMITED, "cancel": UNLIMITED},
@@ -192,28 +204,48 @@ class Lab:
     async def ready(self, replica: Replica) -> Any:
         return _ok(await self.call(f"{replica.base}/readyz"))
 
-    async def audit(self, replica: Replica, **query: str) -> list[dict[str, Any]]:
-        """The events of every record ``GET /admin/audit`` returns for ``query``, in order."""
-        events: list[dict[str, Any]] = []
+    async def records(self, replica: Replica, **query: str) -> list[dict[str, Any]]:
+        """Every record (``seq``, ``prev``, ``hash``, ``event``) ``GET /admin/audit`` returns
+        for ``query``, in order."""
+        records: list[dict[str, Any]] = []
         after: int | None = 0
         for _ in range(AUDIT_PAGES):
             if after is None:
-                return events
+                return records
             page = _ok(await self.gateway(replica, "GET", "/admin/audit", "desk-admin",
                                           params={**query, "after": str(after),
                                                   "limit": "1000"}))
-            events += [record["event"] for record in page["records"]]
+            records += page["records"]
             after = page["next_after"]
         raise ChaosError(f"the audit trail holds more than {AUDIT_PAGES} pages")
 
-    async def chain_verified(self, replica: Replica) -> bool:
-        """``expie-gateway audit verify`` on the scenario's trail: no record edited, missing or
-        out of order."""
+    async def audit(self, replica: Replica, **query: str) -> list[dict[str, Any]]:
+        """The events of every record ``GET /admin/audit`` returns for ``query``, in order."""
+        return [record["event"] for record in await self.records(replica, **query)]
+
+    async def verify(self, replica: Replica) -> tuple[int, dict[str, Any]]:
+        """``expie-gateway audit verify`` on the scenario's trail, held to its checkpoint and to
+        any state loss reported in Redis: its exit status and its verdict (JSON)."""
+        done = await asyncio.to_thread(gateway_cli_run, "audit", "verify", "--config",
+                                       replica.config)
         try:
-            await asyncio.to_thread(gateway_cli, "audit", "verify", "--config", replica.config)
-        except BenchError:
-            return False
-        return True
+            verdict = json.loads(done.stdout)
+        except ValueError:
+            raise ChaosError(f"audit verify printed no verdict: {done.stderr.strip()}") from None
+        return done.returncode, verdict
+
+    async def chain_verified(self, replica: Replica) -> bool:
+        """``audit verify`` passes: no record edited, missing or out of order, no break."""
+        status, _ = await self.verify(replica)
+        return status == 0
+
+    async def gauge(self, replica: Replica, name: str) -> float | None:
+        """The value of the unlabelled metric ``name`` on ``replica``'s ``/metrics`` (None:
+        not there)."""
+        answer = await self.call(f"{replica.base}/metrics")
+        text = answer.body.decode() if isinstance(answer.body, bytes) else ""
+        return next((float(line.removeprefix(f"{name} ")) for line in text.splitlines()
+                     if line.startswith(f"{name} ")), None)
 
 
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())

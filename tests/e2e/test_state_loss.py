@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,7 @@ async def test_a_redis_back_without_its_data_stops_every_replica_until_acknowled
             assert await orders_placed(sim) == 5
 
             server.kill()
-            shutil.rmtree(redis_dir / "appendonlydir")
+            server.wipe()
             server.start()
 
             assert await eventually(lambda: shared_state_everywhere(desk, ports, "lost"),
