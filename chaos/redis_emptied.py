@@ -154,8 +154,7 @@ async def run(lab: Lab, short: bool) -> dict[str, object]:
             "placed_before_the_loss": was.settled,
             "checkpoint_written": was.exported and 0 < checkpoint["seq"] < head["seq"],
             "first_order_after_restart_refused": first.status == 503,
-            "every_replica_refuses_within_a_second": refused_at is not None
-            and refused_at - restarted_at <= REFUSED_WITHIN,
+            "every_replica_refused": refused_at is not None,
             "refused_state_lost_everywhere": all((a.status, a.code) == LOST for a in refusals),
             "nothing_sent_while_lost": unsent,
             "state_lost_gauge_on_every_replica": gauges_lost == [1.0] * len(replicas),
@@ -183,6 +182,11 @@ async def run(lab: Lab, short: bool) -> dict[str, object]:
             "verify_passes_listing_the_break": whole_status == 0 and lists_the_break(
                 whole, checkpoint, head, segment, lost_after),
         }
+        if not short:
+            # A timing target, so only the measuring run holds to it: the short version runs
+            # inside the test suite, where a busy machine must not fail a correct gateway.
+            checks["every_replica_refuses_within_a_second"] = (
+                refused_at is not None and refused_at - restarted_at <= REFUSED_WITHIN)
         return desk.result(
             NAME, resting + len(was.placed) + len(calls) + 1 + len(flowing) + len(by_owner)
             + len(by_desk), was.tally.then(later, twice),
