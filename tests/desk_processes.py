@@ -18,7 +18,7 @@ import aiohttp
 import yaml
 from multidict import CIMultiDictProxy
 
-from tests.process_harness import cli, free_port, health, serving
+from tests.process_harness import cli, free_port, health, process_config, serving
 from tests.simulator_harness import RunningSimulator
 
 TRADER = ["orders:read", "orders:write"]
@@ -44,31 +44,17 @@ def write_config(directory: Path, sim: RunningSimulator, redis_url: str, prefix:
                  orders: object, *, require_persistence: bool = False) -> Path:
     """The desk's config; ``require_persistence`` off unless asked: the shared Redis of the tests
     keeps nothing on disk."""
-    key = directory / "k1.pem"
-    done = cli("keys", "generate", "--kid", "k1", "--out", key)
-    assert done.returncode == 0, done.stderr
-    accounts = []
-    for account in sim.config.accounts:
-        (directory / account.name).write_text(account.token, encoding="utf-8")
-        accounts.append({"name": account.name, "token_file": str(directory / account.name)})
     users = directory / "users.yaml"
     users.write_text(yaml.safe_dump({"users": [
         {"id": user, "name": user, "scopes": scopes, "markets": "all", "account": account}
         for user, scopes, account in USERS]}), encoding="utf-8")
-    config = directory / "gateway.yaml"
-    config.write_text(yaml.safe_dump({
-        "upstream": {"base_url": sim.url("").rstrip("/"), "retries": 0},
-        "auth": {"signing_key": "k1",
-                 "keys": [{"kid": "k1", "algorithm": "EdDSA", "private_key_file": str(key)}]},
-        "users": {"file": str(users)},
-        "accounts": accounts,
-        "redis": {"url": redis_url, "key_prefix": prefix,
-                  "require_persistence": require_persistence},
-        "audit": {"file": str(directory / "audit.jsonl"),  # unused: Redis holds the audit
-                  "checkpoint_file": str(directory / "audit-checkpoint.json")},
-        "orders": orders,
-    }), encoding="utf-8")
-    return config
+    return process_config(
+        directory, sim, users={"file": str(users)},
+        redis={"url": redis_url, "key_prefix": prefix,
+               "require_persistence": require_persistence},
+        audit={"file": str(directory / "audit.jsonl"),  # unused: Redis holds the audit
+               "checkpoint_file": str(directory / "audit-checkpoint.json")},
+        orders=orders)
 
 
 @dataclass(frozen=True)
