@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import logging
 import os
@@ -34,7 +35,7 @@ from gateway.core.mapping_reader import ConfigError
 from gateway.core.principal import Scope, format_scopes
 from gateway.core.wire import wire_integer
 from gateway.errors import GatewayError
-from gateway.settings import CONFIG_PATH_VARIABLE, Settings, load_settings
+from gateway.settings import CONFIG_PATH_VARIABLE, MAX_WORKERS, Settings, load_settings
 from gateway.stores.redis_client import connect_redis
 from gateway.stores.revocation import RedisRevocationStore
 
@@ -54,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Authenticated REST + WebSocket gateway in front of the Expie exchange API.")
     parser.add_argument("--version", action="version", version=f"expie-gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _with_config(commands.add_parser("serve", help="run the gateway"))
+    serve_command = _with_config(commands.add_parser("serve", help="run the gateway"))
+    serve_command.add_argument(
+        "--workers", type=worker_count, default=None, metavar="N",
+        help=f"processes on the one port, 1-{MAX_WORKERS} (default server.workers); above 1 "
+        "needs redis.url")
+    # A worker of a supervisor (serve --workers N): SO_REUSEPORT, no supervision of its own.
+    serve_command.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
     _with_config(commands.add_parser("check-config", help="validate the settings and exit"))
     demo = commands.add_parser("demo", help="run the simulator and the gateway together")
     demo.add_argument("--port", type=port_number, default=8080, help="gateway port (loopback)")
@@ -121,17 +128,28 @@ def read_settings(path: Path) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
+    settings = read_settings(args.config)
+    if args.workers is not None:
+        settings = dataclasses.replace(
+            settings, server=dataclasses.replace(settings.server, workers=args.workers))
+    worker = "" if args.worker_of is None else "[worker %(process)d] "
+    logging.basicConfig(level=settings.log_level,
+                        format=f"%(asctime)s %(levelname)s %(name)s {worker}%(message)s")
+    if args.worker_of is None and settings.server.workers > 1:
+        from gateway.supervisor import supervise  # noqa: PLC0415 - the supervisor has no web stack
+
+        return supervise(settings, args.config)
     from gateway.server import run_gateway  # noqa: PLC0415 - keeps the web stack out of other commands
 
-    settings = read_settings(args.config)
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run_gateway(settings)
+    run_gateway(settings, worker_of=args.worker_of)
     return 0
 
 
 def check_config(args: argparse.Namespace) -> int:
+    from gateway.supervisor import refuse_unshared  # noqa: PLC0415 - as serve does, only here
+
     settings = read_settings(args.config)
+    refuse_unshared(settings)
     tokens = load_account_tokens(settings.accounts)
     load_keyring(settings.auth)
     directory = load_users(settings.users_file, tokens.keys(), settings.orders)
@@ -237,6 +255,12 @@ def port_number(text: str) -> int:
     if (port := wire_integer(text, 65535)) is None or port == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
     return port
+
+
+def worker_count(text: str) -> int:
+    if (count := wire_integer(text, MAX_WORKERS)) is None or count == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to {MAX_WORKERS}")
+    return count
 
 
 def parse_duration(text: str) -> float:

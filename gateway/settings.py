@@ -26,6 +26,7 @@ from gateway.ws_settings import WebSocketSettings, parse_ws
 ENV_PREFIX = "EXPIE_GW_"
 # Names the settings file (see ``gateway.cli``); it is not a settings key.
 CONFIG_PATH_VARIABLE = "EXPIE_GW_CONFIG"
+MAX_WORKERS = 64  # server.workers: processes of one ``serve`` (see gateway.supervisor)
 ALGORITHMS = ("EdDSA", "RS256", "ES256")
 
 
@@ -47,6 +48,7 @@ class ServerSettings:
 
     host: str = ANY_ADDRESS
     port: int = 8080
+    workers: int = 1
     drain_delay: float = 5.0
     shutdown_timeout: float = 10.0
     header_timeout: float = 10.0
@@ -280,6 +282,7 @@ def _server(section: MappingReader) -> ServerSettings:
     settings = ServerSettings(
         host=section.text("host", ANY_ADDRESS),
         port=section.integer("port", 8080, minimum=1, maximum=65535),
+        workers=section.integer("workers", 1, minimum=1, maximum=MAX_WORKERS),
         drain_delay=section.number("drain_delay", 5.0, allow_zero=True),
         shutdown_timeout=section.number("shutdown_timeout", 10.0),
         header_timeout=section.number("header_timeout", 10.0),

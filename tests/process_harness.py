@@ -10,8 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 import yaml
 
@@ -44,23 +45,28 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(config: Path, port: int, env: Mapping[str, str] | None = None
+def serving(config: Path, port: int, env: Mapping[str, str] | None = None, *,
+            args: Sequence[str] = (), log: Path | None = None
             ) -> Iterator[subprocess.Popen[bytes]]:
-    """``serve`` on loopback ``port``; no drain delay unless ``env`` sets one."""
+    """``serve ARGS`` on loopback ``port``; no drain delay unless ``env`` sets one. Its stderr
+    goes to the file ``log`` when given (read it while the process runs), else to a pipe."""
     env = cli_environment({"EXPIE_GW_SERVER__HOST": "127.0.0.1",
                            "EXPIE_GW_SERVER__PORT": str(port),
                            "EXPIE_GW_SERVER__DRAIN_DELAY": "0", **(env or {})})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=RUN_TIMEOUT)
-        if process.stderr is not None:
-            process.stderr.close()
+    with contextlib.ExitStack() as files:
+        stderr: IO[bytes] | int = (subprocess.PIPE if log is None
+                                   else files.enter_context(log.open("wb")))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), *args], cwd=ROOT,
+            env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=RUN_TIMEOUT)
+            if process.stderr is not None:
+                process.stderr.close()
 
 
 def process_config(directory: Path, sim: RunningSimulator, **sections: object) -> Path:

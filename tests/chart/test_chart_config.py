@@ -32,7 +32,7 @@ from tests.chart.value_sets import (
 
 EXPIE_GATEWAY = Path(sys.executable).with_name("expie-gateway")
 RENDERED_SECRET_SETS = ("default", "staging", "issuers", "single", "single-rotated-keys",
-                        "single-redis-password")
+                        "single-redis-password", "workers")
 
 
 def secret_paths(settings: Any) -> set[str]:
@@ -223,6 +223,16 @@ def test_the_settings_follow_the_values(suite: Suite) -> None:
     assert settings["logging"] == {"level": "WARNING"}
     assert settings["cache"] == {"ticker_ttl": 0.5}
     assert settings["orders"] == {"pacing": {"rate": 20}}
+
+
+def test_workers_reach_the_settings_and_the_pods_run_the_plain_serve(suite: Suite) -> None:
+    assert gateway_config(suite["default"].manifests)["server"]["workers"] == 1
+    assert gateway_config(suite["workers"].manifests)["server"]["workers"] == 4
+    # The process reads server.workers itself: the command stays the image's own.
+    for name in ("default", "workers"):
+        container = gateway_deployment(suite[name].manifests)["spec"]["template"]["spec"][
+            "containers"][0]
+        assert container["args"] == ["serve", "--config", "/etc/expie-gateway/gateway.yaml"]
 
 
 def test_staging_may_run_on_a_redis_without_persistence_and_keep_the_checkpoint_elsewhere(

@@ -47,7 +47,8 @@ def test_manifests_are_validated_against_every_kubernetes_version_the_chart_clai
 
 
 @pytest.mark.parametrize("name", [
-    *MAIN_SETS, "single-rotated-keys", "single-redis-password", "long-drain", "grace-set"])
+    *MAIN_SETS, "single-rotated-keys", "single-redis-password", "workers", "long-drain",
+    "grace-set"])
 def test_helm_lint_strict_finds_nothing(suite: Suite, name: str) -> None:
     report = suite[name].lint
     assert report["errors"] == []

@@ -149,6 +149,8 @@ def value_sets(material: Material) -> dict[str, dict[str, Any]]:
         "staging-redis-without-persistence": merged(
             base, redis={"url": "redis://redis:6379/0", "requirePersistence": False},
             audit={"backend": "auto"}, config={"audit": {"checkpoint_file": "/archive/cp.json"}}),
+        "workers": merged(base, workers=4, redis={"url": "redis://redis:6379/0"},
+                          audit={"backend": "auto"}),
         "long-drain": merged(base, server={"drainDelay": 30, "shutdownTimeout": 45.5}),
         "grace-set": merged(base, terminationGracePeriodSeconds=60),
     }
@@ -165,6 +167,13 @@ REFUSALS: dict[str, tuple[dict[str, Any], str]] = {
     "file-audit-with-autoscaling": (
         {"replicaCount": 1, "autoscaling": {"enabled": True}, "audit": {"backend": "file"}},
         "audit.backend"),
+    "workers-without-redis": ({"replicaCount": 1, "workers": 2, "redis": {"url": ""}},
+                              "workers > 1"),
+    "file-audit-with-workers": (
+        {"replicaCount": 1, "workers": 2, "audit": {"backend": "file"}}, "workers > 1"),
+    "workers-above-64": ({"workers": 65}, "/workers"),
+    "workers-zero": ({"workers": 0}, "/workers"),
+    "config-sets-workers": ({"config": {"server": {"workers": 4}}}, "use workers"),
     "wrong-type-top-level": ({"replicaCount": "three"}, "/replicaCount"),
     "wrong-type-nested": ({"server": {"port": "http"}}, "/server/port"),
     "wrong-type-in-list": ({"accounts": [{"name": "desk-alpha", "token": 42}]},

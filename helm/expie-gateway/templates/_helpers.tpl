@@ -178,6 +178,12 @@ seccompProfile:
 {{- if and $several (not .Values.redis.url) -}}
 {{- fail "redis.url is required when replicaCount > 1 or autoscaling.enabled: the in-process stores (revocations, rate limits, idempotency, kill switches) belong to one process" -}}
 {{- end -}}
+{{- if and (gt (int .Values.workers) 1) (not .Values.redis.url) -}}
+{{- fail "redis.url is required when workers > 1: the in-process stores (revocations, rate limits, idempotency, kill switches) would belong to each worker" -}}
+{{- end -}}
+{{- if and (gt (int .Values.workers) 1) (eq .Values.audit.backend "file") -}}
+{{- fail "audit.backend file keeps the audit trail in one process's file: it cannot serve workers > 1 (use redis, or auto with redis.url)" -}}
+{{- end -}}
 {{- if and $several (eq .Values.audit.backend "file") -}}
 {{- fail "audit.backend file keeps the audit trail in one process's file: it cannot serve replicaCount > 1 or autoscaling.enabled (use redis, or auto with redis.url)" -}}
 {{- end -}}
@@ -238,7 +244,7 @@ seccompProfile:
 {{/* The keys of gateway.yaml the chart sets from its own values, refused under config. */}}
 {{- define "expie-gateway.validateConfig" -}}
 {{- $owned := dict
-  "server" (dict "host" "(always 0.0.0.0)" "port" "server.port" "drain_delay" "server.drainDelay" "shutdown_timeout" "server.shutdownTimeout" "header_timeout" "server.headerTimeout" "body_timeout" "server.bodyTimeout" "public_url" "server.publicUrl" "trusted_proxies" "server.trustedProxies")
+  "server" (dict "host" "(always 0.0.0.0)" "port" "server.port" "workers" "workers" "drain_delay" "server.drainDelay" "shutdown_timeout" "server.shutdownTimeout" "header_timeout" "server.headerTimeout" "body_timeout" "server.bodyTimeout" "public_url" "server.publicUrl" "trusted_proxies" "server.trustedProxies")
   "upstream" (dict "base_url" "upstream.baseUrl")
   "auth" (dict "issuer" "auth.issuer" "audience" "auth.audience" "token_ttl" "auth.tokenTtl" "max_token_ttl" "auth.maxTokenTtl" "signing_key" "auth.signingKey" "keys" "auth.keys" "external_issuers" "auth.externalIssuers")
   "redis" (dict "url" "redis.url" "password_file" "redis.auth" "password_env" "redis.auth" "require_persistence" "redis.requirePersistence")
@@ -267,6 +273,7 @@ seccompProfile:
 {{- $server := get $config "server" | default dict -}}
 {{- $_ := set $server "host" "0.0.0.0" -}}
 {{- $_ := set $server "port" (int .Values.server.port) -}}
+{{- $_ := set $server "workers" (int .Values.workers) -}}
 {{- $_ := set $server "drain_delay" .Values.server.drainDelay -}}
 {{- $_ := set $server "shutdown_timeout" .Values.server.shutdownTimeout -}}
 {{- $_ := set $server "header_timeout" .Values.server.headerTimeout -}}
