@@ -5,8 +5,9 @@ workers (``python -m gateway serve ... --worker-of PID``); each opens the port w
 ``SO_REUSEPORT``, so the kernel spreads new connections over their sockets. A worker that dies
 is started again after a backoff (0.5 s doubling to 10 s; back to 0.5 s once one ran 30 s).
 SIGTERM or SIGINT is forwarded to every worker (each drains as ``gateway.server`` describes; a
-second signal is forwarded too); the supervisor exits 0 once all have exited, or kills those
-still running after ``drain_delay + shutdown_timeout + STOP_MARGIN`` and exits 1.
+second signal is forwarded too); the supervisor exits once all have exited (0, or 1 when a
+worker's own stop failed), or kills those still running after ``drain_delay + shutdown_timeout
++ STOP_MARGIN`` and exits 1.
 
 The workers share the stores only through Redis, hence ``redis.url`` is required. What each
 process keeps to itself (pacing, read limits, the in-process cache level, the upstream WebSocket
@@ -153,6 +154,7 @@ class Supervisor:
                     signal.Signals(self._signals[0]).name, len(self._running()))
         deadline = self._clock() + self._stop_within
         forwarded = 0
+        failed = 0  # workers whose own drain ended in an error: the pod's exit says so
         while True:
             while forwarded < len(self._signals):
                 for worker in self._running():
@@ -164,8 +166,12 @@ class Supervisor:
                 if (status := worker.process.poll()) is not None:
                     logger.info("worker %d (pid %d) %s", worker.slot, worker.process.pid,
                                 describe(status))
+                    failed += status != 0
                     worker.process = None
             if not self._running():
+                if failed:
+                    logger.error("every worker has stopped, %d of them with an error", failed)
+                    return 1
                 logger.info("every worker has stopped")
                 return 0
             if self._clock() >= deadline:

@@ -10,6 +10,8 @@ import dataclasses
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +95,24 @@ def test_workers_still_running_at_the_bound_are_killed() -> None:
     for process in processes:
         assert isinstance(process, subprocess.Popen)
         assert process.returncode == -signal.SIGKILL
+
+
+def test_a_worker_whose_stop_fails_makes_the_supervisor_exit_1(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    failing_stop = [sys.executable, "-c", "import pathlib, signal, sys, time; "
+                    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(3)); "
+                    f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"]
+    supervisor = Supervisor(failing_stop, 1, 30.0)
+    supervisor.look_after()
+    process = supervisor.workers[0].process
+    assert isinstance(process, subprocess.Popen)
+    for _ in range(200):  # bounded: until the child has its SIGTERM handler
+        if ready.exists():
+            break
+        time.sleep(0.05)
+    supervisor.received(signal.SIGTERM, None)
+    assert supervisor.stop() == 1
+    assert process.returncode == 3
 
 
 def test_the_supervisor_imports_no_web_stack() -> None:
