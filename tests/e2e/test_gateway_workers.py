@@ -2,7 +2,8 @@
 
 Real processes on loopback. The workers' pids come from the supervisor's log lines; which process
 holds which socket comes from /proc (a worker's file descriptors against the kernel's TCP table),
-so nothing is added to the API for these tests. Every wait is bounded; nothing asserts a timing.
+so nothing is added to the API for these tests. Linux only, as the image is: without /proc they
+fail rather than skip. Every wait is bounded; nothing asserts a timing.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import pytest
 
 from tests.process_harness import cli, free_port, health, process_config, serving
 from tests.simulator_harness import RunningSimulator
-
-pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc")
 
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 CONNECTIONS = 32  # kept open at once: SO_REUSEPORT spreads them by their 4-tuple's hash
