@@ -15,6 +15,17 @@ UPSTREAM_DEPTH_LIMITS = (1, 5, 10, 20, 30, 50, 100)
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """One upstream subscription per stream across the replicas sharing ``redis.url``."""
+
+    enabled: bool = True
+    # A leader that stops renewing (killed, cut off) loses its streams this long after.
+    lease_ttl: float = 3.0
+    # Leaders renew, followers try to take over and every replica refreshes its presence.
+    renew_interval: float = 0.75
+
+
+@dataclass(frozen=True, slots=True)
 class WebSocketSettings:
     # The exchange's WebSocket URL; empty: upstream.base_url with a ws scheme and /ws.
     upstream_url: str | None = None
@@ -36,6 +47,7 @@ class WebSocketSettings:
     verify_confirm_after: float = 12.0
     # A live book unconfirmed for longer is not served as fresh: REST goes to the cache path.
     max_book_age: float = 15.0
+    cluster: ClusterSettings = ClusterSettings()
 
 
 def parse_ws(section: MappingReader) -> WebSocketSettings:
@@ -56,6 +68,7 @@ def parse_ws(section: MappingReader) -> WebSocketSettings:
         verify_interval=section.number("verify_interval", 5.0),
         verify_confirm_after=section.number("verify_confirm_after", 12.0),
         max_book_age=section.number("max_book_age", 15.0),
+        cluster=_cluster(section.section("cluster", {})),
     )
     section.done()
     if settings.upstream_url is not None and not settings.upstream_url.startswith(
@@ -68,6 +81,20 @@ def parse_ws(section: MappingReader) -> WebSocketSettings:
         # A quiet market is confirmed by verification alone: it would never be served live.
         raise ConfigError(f"{section.key('max_book_age')}: expected more than "
                           f"{section.key('verify_interval')} ({settings.verify_interval:g})")
+    return settings
+
+
+def _cluster(section: MappingReader) -> ClusterSettings:
+    settings = ClusterSettings(
+        enabled=section.flag("enabled", True),
+        lease_ttl=section.number("lease_ttl", 3.0),
+        renew_interval=section.number("renew_interval", 0.75),
+    )
+    section.done()
+    if settings.renew_interval * 2 > settings.lease_ttl:
+        # Two renewals per lease at least: one slow Redis reply must not cost the leadership.
+        raise ConfigError(f"{section.key('renew_interval')}: expected at most half of "
+                          f"{section.key('lease_ttl')} ({settings.lease_ttl:g})")
     return settings
 
 

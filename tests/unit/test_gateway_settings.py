@@ -235,6 +235,9 @@ KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
         ("ws: {verify_confirm_after: -1}\n", "ws.verify_confirm_after"),
         ("ws: {max_book_age: 0}\n", "ws.max_book_age"),
         ("ws: {verify_interval: 5, max_book_age: 5}\n", "ws.max_book_age"),
+        ("ws: {cluster: {lease_ttl: 0}}\n", "ws.cluster.lease_ttl"),
+        ("ws: {cluster: {lease_ttl: 2, renew_interval: 1.5}}\n", "ws.cluster.renew_interval"),
+        ("ws: {cluster: {enabled: sometimes}}\n", "ws.cluster.enabled"),
     ],
     ids=["negative-port", "port-not-a-number", "port-over-65535", "port-zero",
          "no-shutdown-time", "negative-drain", "bad-cidr", "proxies-not-a-list", "retries",
@@ -244,7 +247,8 @@ KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
          "account-without-token", "log-level", "limit-count-zero", "unknown-limit",
          "negative-notional", "unknown-risk-key", "slow-kill-switch-sync", "audit-backend",
          "audit-in-redis-without-redis", "ws-url-scheme", "ws-depth-limit",
-         "ws-verify-zero", "ws-confirm-negative", "ws-book-age-zero", "ws-book-age-too-short"],
+         "ws-verify-zero", "ws-confirm-negative", "ws-book-age-zero", "ws-book-age-too-short",
+         "lease-zero", "renewal-slower-than-half-the-lease", "cluster-not-a-flag"],
 )
 def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
