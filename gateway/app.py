@@ -30,6 +30,7 @@ from gateway.auth.users import UserDirectory, load_users
 from gateway.core.audit_chain import START
 from gateway.core.cluster_state import IN_PROCESS, ClusterState
 from gateway.errors import PersistenceRequired
+from gateway.fanout.cluster import ClusterFanout
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import GOING_AWAY
 from gateway.keys import (
@@ -90,6 +91,7 @@ from gateway.stores.market_cache import (
     MemoryMarketCacheStore,
     RedisMarketCacheStore,
 )
+from gateway.stores.market_relay import RedisRelayStore
 from gateway.stores.ownership import MemoryOwnershipStore, OwnershipStore, RedisOwnershipStore
 from gateway.stores.rate_limits import (
     MemoryRateLimitStore,
@@ -103,6 +105,7 @@ from gateway.stores.reconcile_state import (
 )
 from gateway.stores.redis_client import connect_redis
 from gateway.stores.redis_persistence import require_persistence
+from gateway.stores.relay_bus import RelayBus
 from gateway.stores.revocation import (
     MemoryRevocationStore,
     RedisRevocationStore,
@@ -171,7 +174,8 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     app[REVOCATIONS] = stores.revocations
     app[AUTHENTICATOR] = Authenticator(verifier, stores.revocations, directory)
     hub = app[FANOUT] = Hub(settings.ws, upstream_ws_url(settings.ws, settings.upstream.base_url),
-                            events=telemetry.fanout)
+                            events=telemetry.fanout,
+                            cluster=_cluster_fanout(settings, stores, telemetry))
     app[WS_USERS] = Counter()
     app[MARKET_DATA] = MarketData(app[UPSTREAM], stores.market_cache, settings.cache, clock,
                                   live_depth=hub)
@@ -188,6 +192,16 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
     app.on_cleanup.append(_close_outbound(external, http))
     setup_routes(app)
     return app
+
+
+def _cluster_fanout(
+    settings: Settings, stores: _Stores, telemetry: Telemetry
+) -> ClusterFanout | None:
+    """One upstream subscription per stream across the replicas sharing Redis, if enabled."""
+    if stores.redis is None or not settings.ws.cluster.enabled:
+        return None
+    return ClusterFanout(RedisRelayStore(stores.redis, settings.redis.key_prefix),
+                         RelayBus(stores.redis), settings.ws.cluster, telemetry.fanout)
 
 
 def _setup_order_desk(

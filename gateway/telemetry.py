@@ -13,6 +13,7 @@ each already costing Redis round trips) are counted by outcome.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData, NumberDataPoint
 
+from gateway.core.relay_order import Role
 from gateway.upstream.breaker import CircuitBreaker, CircuitState
 
 CIRCUIT_STATE = "expie_gateway.upstream.circuit_state"
@@ -34,6 +36,8 @@ WS_SLOW_CLOSED = "expie_gateway.ws.slow_consumers_closed"
 WS_CONFLATED = "expie_gateway.ws.depth_conflations"
 LIVE_BOOK_RESYNCS = "expie_gateway.live_book.resyncs"
 STATE_LOST = "expie_gateway.state.lost"
+RELAY_STREAMS = "expie_gateway.fanout.relay_streams"
+RELAY_SYNCS = "expie_gateway.fanout.relay_syncs"
 METER_NAME = "expie_gateway"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
@@ -80,6 +84,13 @@ INSTRUMENTS = (
     Instrument(STATE_LOST, "gauge",
                "1 while this replica refuses order calls because Redis lost the shared state "
                "(until an admin acknowledges the loss), else 0."),
+    Instrument(RELAY_STREAMS, "gauge",
+               "Market-data streams (a market's depth, the ticker) this replica follows, by role: "
+               "leader (holds the upstream subscription for the cluster), follower (fed by the "
+               "relay), standalone (Redis unavailable: its own upstream subscription)."),
+    Instrument(RELAY_SYNCS, "counter",
+               "Times a follower loaded a stream's state from the relay's snapshot (joining, "
+               "after a gap, a new leader or a Redis reconnect), by stream."),
 )
 
 
@@ -180,6 +191,11 @@ class FanoutMetrics:
                                                description=INSTRUMENTS[7].description)
         self._resyncs = meter.create_counter(LIVE_BOOK_RESYNCS, unit="1",
                                              description=_description(LIVE_BOOK_RESYNCS))
+        self._syncs = meter.create_counter(RELAY_SYNCS, unit="1",
+                                           description=_description(RELAY_SYNCS))
+        self._roles: dict[str, str] = {}
+        meter.create_observable_gauge(RELAY_STREAMS, callbacks=[self._observe_roles],
+                                      description=_description(RELAY_STREAMS))
 
     def slow_consumer_closed(self) -> None:
         self._slow.add(1)
@@ -187,8 +203,22 @@ class FanoutMetrics:
     def depth_conflated(self) -> None:
         self._conflated.add(1)
 
+
     def live_book_resynced(self, market: str) -> None:
         self._resyncs.add(1, {"market": market})
+
+    def relay_role(self, stream: str, role: Role | None) -> None:
+        if role is None:
+            self._roles.pop(stream, None)
+        else:
+            self._roles[stream] = role.value
+
+    def relay_resynced(self, stream: str) -> None:
+        self._syncs.add(1, {"stream": stream})
+
+    def _observe_roles(self, _options: CallbackOptions) -> Iterable[Observation]:
+        counts = Counter(self._roles.values())
+        return [Observation(counts.get(role.value, 0), {"role": role.value}) for role in Role]
 
 
 class Telemetry:

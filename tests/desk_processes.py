@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from multidict import CIMultiDictProxy
 from tests.process_harness import cli, free_port, health, process_config, serving
 from tests.simulator_harness import RunningSimulator
 
-TRADER = ["orders:read", "orders:write"]
+TRADER = ["market:read", "orders:read", "orders:write"]
 USERS = [
     ("trader-a", TRADER, "desk-alpha"),
     ("trader-b", TRADER, "desk-alpha"),
@@ -41,9 +41,10 @@ def order_settings(place: int = 1000, account_place: int = 1000, window: float =
 
 
 def write_config(directory: Path, sim: RunningSimulator, redis_url: str, prefix: str,
-                 orders: object, *, require_persistence: bool = False) -> Path:
-    """The desk's config; ``require_persistence`` off unless asked: the shared Redis of the tests
-    keeps nothing on disk."""
+                 orders: object, *, require_persistence: bool = False,
+                 **sections: object) -> Path:
+    """The desk's config (``sections`` added); ``require_persistence`` off unless asked: the
+    shared Redis of the tests keeps nothing on disk."""
     users = directory / "users.yaml"
     users.write_text(yaml.safe_dump({"users": [
         {"id": user, "name": user, "scopes": scopes, "markets": "all", "account": account}
@@ -54,7 +55,7 @@ def write_config(directory: Path, sim: RunningSimulator, redis_url: str, prefix:
                "require_persistence": require_persistence},
         audit={"file": str(directory / "audit.jsonl"),  # unused: Redis holds the audit
                "checkpoint_file": str(directory / "audit-checkpoint.json")},
-        orders=orders)
+        orders=orders, **sections)
 
 
 @dataclass(frozen=True)
@@ -79,11 +80,19 @@ class Desk:
     tokens: dict[str, str] = field(default_factory=dict)
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    async def start(self) -> int:
+    async def start(self, args: Sequence[str] = ()) -> int:
         port = free_port()
-        self.processes[port] = self.stack.enter_context(serving(self.config, port))
+        # Logged to a file: a pipe nobody reads would stall a process that logs enough.
+        log = self.config.parent / f"serve-{port}.log"  # read with ``log``
+        self.processes[port] = self.stack.enter_context(
+            serving(self.config, port, args=args, log=log))
         assert await asyncio.to_thread(health, port) == {"status": "ok"}
         return port
+
+    def log(self, port: int) -> str:
+        """What the process on ``port`` has logged so far."""
+        return (self.config.parent / f"serve-{port}.log").read_text(encoding="utf-8",
+                                                                    errors="replace")
 
     def kill_all(self) -> None:
         for process in self.processes.values():
@@ -134,10 +143,10 @@ class DeskFactory:
     stack: contextlib.ExitStack
     require_persistence: bool = False
 
-    async def __call__(self, orders: object | None = None) -> Desk:
+    async def __call__(self, orders: object | None = None, **sections: object) -> Desk:
         config = write_config(self.directory, self.sim, self.redis_url, self.prefix,
                               orders or order_settings(),
-                              require_persistence=self.require_persistence)
+                              require_persistence=self.require_persistence, **sections)
         desk = Desk(config, self.http, self.stack)
         issued = await asyncio.gather(*(asyncio.to_thread(
             cli, "token", "issue", "--config", config, "--user", user) for user, _, _ in USERS))

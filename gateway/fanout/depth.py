@@ -23,18 +23,20 @@ exchange hands a new subscriber its cached, equally stale snapshot.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, cast
 
 import aiohttp
 
 from gateway.core.book_check import BookCheck
-from gateway.core.depth_book import BookSide, DepthView
+from gateway.core.depth_book import BookSide, DepthView, render_side
 from gateway.core.jsonrpc import JsonValue
 from gateway.core.live_book import BookError, LocalBook, ViewStream
+from gateway.core.relay_order import RelayFormatError
 from gateway.fanout.client import Client, DepthKey
 from gateway.fanout.subscriber import Frame, Kind
 from gateway.upstream.feed import DepthFeed, FeedError
@@ -100,6 +102,8 @@ class MarketDepth:
         self._views: dict[DepthKey, _View] = {}
         # Dedicated subscriptions being closed: referenced until done, awaited by ``close``.
         self._closing: set[asyncio.Task[None]] = set()
+        # Where the shared book's changes go while this replica leads the market (the relay).
+        self.relay_out: Callable[[str, JsonValue], None] = _relay_nowhere
 
     @property
     def live(self) -> bool:
@@ -114,8 +118,16 @@ class MarketDepth:
     def watched(self) -> bool:
         return any(view.clients for view in self._views.values())
 
-    async def start(self) -> None:
-        """Open the upstream subscription; raises ``FeedError`` (the caller rolls back)."""
+    @property
+    def needed(self) -> bool:
+        return self.watched
+
+    async def use_upstream(self) -> None:
+        """Hold the upstream subscription (a no-op when held); raises ``FeedError`` (the caller
+        rolls back)."""
+        if self._shared.feed is not None:
+            return
+        self.hold()  # a book the relay gave: every client restarts from the exchange's snapshot
         self._shared.feed = self._feed(self._settings.upstream_depth_limit, "0", self._shared)
         try:
             await self._shared.feed.start()
@@ -125,20 +137,77 @@ class MarketDepth:
         self._verifier = asyncio.get_running_loop().create_task(
             self._verify_every(self._settings.verify_interval), name=f"verify-{self.market}")
 
+    async def use_relay(self) -> None:
+        """Give the upstream subscription up: the book comes from the relay now."""
+        await self._drop_upstream()
+        self.hold()
+
+    def hold(self) -> None:
+        """No book until the relay's snapshot: views hold still, then restart clean."""
+        self._shared.book.reset()
+        self._shared.override = None
+        for view in self._views.values():
+            if view.own is None:
+                view.stream.reset()
+
+    def fields(self, everything: bool) -> dict[str, str]:
+        """The shared book as the relay's snapshot holds it: the pushed book and the queried
+        one served over it after a resync (``None`` when not live)."""
+        return {"book": json.dumps([_wire(self._shared.book), _wire(self._shared.override)])}
+
+    def load(self, fields: Mapping[str, str]) -> None:
+        try:
+            book, override = json.loads(fields["book"])
+            self._shared.book.reset()
+            if book is not None:
+                self._shared.book.apply(True, book)
+            queried = None
+            if override is not None:
+                queried = LocalBook(self._shared.book.upstream_limit)
+                queried.apply(True, override)
+        except (KeyError, ValueError, TypeError, BookError) as exc:
+            self.hold()
+            raise RelayFormatError(f"depth of {self.market}: {exc}") from exc
+        self._shared.override = queried
+        if self._shared.served.live:
+            self._check.confirmed(self._clock())
+        self._refresh_shared()
+
+    def apply(self, kind: str, data: JsonValue) -> None:
+        """A change the leader relayed: the same step its own book took."""
+        if kind == "u" and isinstance(data, list) and len(data) == 2 \
+                and isinstance(data[0], bool) and isinstance(data[1], dict):
+            self._apply(self._shared, data[0], data[1])
+        elif kind == "l":
+            self.hold()
+        elif kind == "r" and isinstance(data, dict):
+            queried = LocalBook(self._shared.book.upstream_limit)
+            try:
+                queried.apply(True, data)
+            except BookError as exc:
+                logger.warning("depth of %s: unusable relayed resync: %s", self.market, exc)
+                return
+            self._serve_queried(queried, self._clock())
+        elif kind == "c":
+            self._check.confirmed(self._clock())
+
     async def close(self) -> None:
-        if self._verifier is not None:
-            self._verifier.cancel()
-            await asyncio.gather(self._verifier, return_exceptions=True)
-            self._verifier = None
         for view in list(self._views.values()):
             await self._close_own(view)
         self._views.clear()
         await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._drop_upstream()
+        self._shared.book.reset()
+        self._shared.override = None
+
+    async def _drop_upstream(self) -> None:
+        if self._verifier is not None:
+            self._verifier.cancel()
+            await asyncio.gather(self._verifier, return_exceptions=True)
+            self._verifier = None
         if self._shared.feed is not None:
             feed, self._shared.feed = self._shared.feed, None
             await feed.close()
-        self._shared.book.reset()
-        self._shared.override = None
 
     def join(self, client: Client, key: DepthKey) -> None:
         view = self._views.get(key)
@@ -197,14 +266,19 @@ class MarketDepth:
         now = self._clock()
         if _same_book(queried, book):
             self._check.confirmed(now)
+            self.relay_out("c", None)
         elif self._check.mismatched(now):
             self._resync(queried, now)
 
     def _feed(self, limit: int, interval: str, source: _Source) -> DepthFeed:
         def updated(clean: bool, body: dict[str, JsonValue], _market: str) -> None:
+            if source is self._shared:
+                self.relay_out("u", [clean, body])
             self._apply(source, clean, body)
 
         def lost() -> None:
+            if source is self._shared:
+                self.relay_out("l", None)
             source.book.reset()
             source.override = None
             for view in self._views.values():
@@ -231,8 +305,15 @@ class MarketDepth:
         if source is self._shared:
             self._pushes += 1
             self._check.confirmed(self._clock())
+            self._refresh_shared()
+            return
         for key, view in list(self._views.items()):
-            if (view.own or self._shared) is source:
+            if view.own is source:
+                self._refresh(key, view)
+
+    def _refresh_shared(self) -> None:
+        for key, view in list(self._views.items()):
+            if view.own is None:
                 self._refresh(key, view)
 
     def _refresh(self, key: DepthKey, view: _View) -> None:
@@ -261,9 +342,13 @@ class MarketDepth:
         logger.warning("depth of %s: the live book disagrees with the exchange's depth.query "
                        "twice over %g s; resyncing it from the query", self.market,
                        self._settings.verify_confirm_after)
+        self.relay_out("r", _wire(queried))
+        self._events.live_book_resynced(self.market)
+        self._serve_queried(queried, now)
+
+    def _serve_queried(self, queried: LocalBook, now: float) -> None:
         self._shared.override = queried
         self._check.confirmed(now)
-        self._events.live_book_resynced(self.market)
         for key, view in list(self._views.items()):
             if view.own is None:
                 view.stream.reset()  # the next frame of the view is a clean snapshot
@@ -306,6 +391,16 @@ class MarketDepth:
         if view.own is not None and view.own.feed is not None:
             await view.own.feed.close()
         view.own = None
+
+
+def _relay_nowhere(kind: str, data: JsonValue) -> None:
+    pass
+
+
+def _wire(book: LocalBook | None) -> JsonValue:
+    if book is None or not book.live:
+        return None
+    return {side.value: cast(JsonValue, render_side(book.levels(side))) for side in BookSide}
 
 
 def _same_book(one: LocalBook, other: LocalBook) -> bool:

@@ -26,9 +26,12 @@ from typing import Protocol, cast
 import aiohttp
 
 from gateway.core.jsonrpc import SERVICE_UNAVAILABLE, JsonValue
+from gateway.core.relay_order import Role
 from gateway.core.rpc_params import Call, DealsQuery, DepthCall, MarketCall, MarketsCall
 from gateway.fanout.client import Client, DepthKey
+from gateway.fanout.cluster import ClusterFanout
 from gateway.fanout.depth import BookEvents, MarketDepth
+from gateway.fanout.leadership import RoleEvents, StreamRole
 from gateway.fanout.subscriber import Frame, OutboundSocket, SubscriberEvents
 from gateway.fanout.ticker import Ticker
 from gateway.upstream.feed import FeedError
@@ -39,8 +42,9 @@ SUCCESS: JsonValue = {"status": "success"}
 REST_DEPTH_LIMIT = 10
 
 
-class HubEvents(SubscriberEvents, BookEvents, Protocol):
-    """What the hub's subscribers and books report (``gateway.telemetry.FanoutMetrics``)."""
+class HubEvents(SubscriberEvents, BookEvents, RoleEvents, Protocol):
+    """What the hub's subscribers, books and relay roles report
+    (``gateway.telemetry.FanoutMetrics``)."""
 
 
 class RpcFailure(Exception):
@@ -55,10 +59,13 @@ class RpcFailure(Exception):
 class Hub:
     def __init__(
         self, settings: WebSocketSettings, url: str, *, events: HubEvents | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, cluster: ClusterFanout | None = None,
     ) -> None:
         self.settings = settings
         self.events = events
+        # Set when replicas share Redis: one upstream subscription per stream for all of them.
+        self._cluster = cluster
+        self._roles: dict[str, StreamRole] = {}
         self._url = url
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
@@ -75,6 +82,8 @@ class Hub:
         self._ticker = Ticker(self._url, self._session, self.settings.heartbeat,
                               self.settings.linger)
         self._ticker.feed.start()
+        if self._cluster is not None:
+            await self._cluster.start_ticker(self._ticker)
 
     async def shutdown(self, code: int, reason: str) -> None:
         """Close every client (``code``, e.g. 1001: reconnect elsewhere)."""
@@ -85,9 +94,11 @@ class Hub:
             handle.cancel()
         self._lingers.clear()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for market in list(self._markets.values()):
-            await market.close()
+        for market, depth in list(self._markets.items()):
+            await self._close_market(market, depth)
         self._markets.clear()
+        if self._cluster is not None:
+            await self._cluster.close()
         if self._ticker is not None:
             await self._ticker.close()
         if self._session is not None:
@@ -144,8 +155,16 @@ class Hub:
         return json.dumps(view.to_wire()).encode(), depth.age
 
     def upstream_subscriptions(self) -> dict[str, bool]:
-        """Markets with an upstream depth subscription, and whether each is live."""
+        """Markets followed (from the exchange, or the relay), and whether each book is live."""
         return {market: depth.live for market, depth in self._markets.items()}
+
+    def relay_roles(self) -> dict[str, str]:
+        """Each relayed stream's role on this replica (empty without a cluster)."""
+        roles = {name: role.role.value for name, role in self._roles.items() if role.role}
+        ticker = self._cluster.ticker_role if self._cluster is not None else None
+        if ticker is not None:
+            roles["ticker"] = ticker.value
+        return roles
 
     async def _subscribe_depth(self, client: Client, call: DepthCall) -> None:
         key: DepthKey = (call.market, call.limit, call.interval_text)
@@ -165,7 +184,13 @@ class Hub:
         depth = MarketDepth(market, self.settings, self._url, self._session, self._clock,
                             self.events)
         try:
-            await depth.start()
+            if self._cluster is None:
+                await depth.use_upstream()
+            else:
+                role = self._cluster.role(f"depth:{market}", depth)
+                depth.relay_out = role.emit
+                await role.start()
+                self._roles[market] = role
         except FeedError as exc:
             raise RpcFailure(SERVICE_UNAVAILABLE, f"service unavailable: the exchange did not "
                              f"accept the depth subscription of {market} ({exc})") from exc
@@ -208,7 +233,18 @@ class Hub:
             depth = self._markets.get(market)
             if depth is None or depth.watched or market in self._lingers:
                 return
+            role = self._roles.get(market)
+            if role is not None and role.role is Role.LEADER and role.elsewhere:
+                # Another replica's clients still follow it through this one's subscription.
+                self._start_linger(market)
+                return
             del self._markets[market]
+        await self._close_market(market, depth)
+
+    async def _close_market(self, market: str, depth: MarketDepth) -> None:
+        role = self._roles.pop(market, None)
+        if role is not None:
+            await role.close()
         await depth.close()
 
     async def _follow(self, channel: str, client: Client, markets: tuple[str, ...]) -> None:

@@ -235,6 +235,15 @@ def test_workers_reach_the_settings_and_the_pods_run_the_plain_serve(suite: Suit
         assert container["args"] == ["serve", "--config", "/etc/expie-gateway/gateway.yaml"]
 
 
+def test_one_subscription_per_market_is_on_by_default_and_its_lease_follows_the_values(
+    suite: Suite,
+) -> None:
+    assert gateway_config(suite["workers"].manifests)["ws"]["cluster"] == {
+        "enabled": True, "lease_ttl": 3, "renew_interval": 0.75}
+    assert gateway_config(suite["leadership-tuned"].manifests)["ws"]["cluster"] == {
+        "enabled": True, "lease_ttl": 6, "renew_interval": 1.5}
+
+
 def test_staging_may_run_on_a_redis_without_persistence_and_keep_the_checkpoint_elsewhere(
     suite: Suite,
 ) -> None:

@@ -151,6 +151,9 @@ def value_sets(material: Material) -> dict[str, dict[str, Any]]:
             audit={"backend": "auto"}, config={"audit": {"checkpoint_file": "/archive/cp.json"}}),
         "workers": merged(base, workers=4, redis={"url": "redis://redis:6379/0"},
                           audit={"backend": "auto"}),
+        "leadership-tuned": merged(base, workers=2, redis={"url": "redis://redis:6379/0"},
+                                   audit={"backend": "auto"},
+                                   leadership={"leaseTtl": 6, "renewInterval": 1.5}),
         "long-drain": merged(base, server={"drainDelay": 30, "shutdownTimeout": 45.5}),
         "grace-set": merged(base, terminationGracePeriodSeconds=60),
     }
@@ -174,6 +177,11 @@ REFUSALS: dict[str, tuple[dict[str, Any], str]] = {
     "workers-above-64": ({"workers": 65}, "/workers"),
     "workers-zero": ({"workers": 0}, "/workers"),
     "config-sets-workers": ({"config": {"server": {"workers": 4}}}, "use workers"),
+    "config-sets-the-cluster": ({"config": {"ws": {"cluster": {"enabled": False}}}},
+                                "use leadership"),
+    "renewal-slower-than-half-the-lease": (
+        {"leadership": {"leaseTtl": 2, "renewInterval": 1.5}}, "leadership.renewInterval"),
+    "leadership-ttl-zero": ({"leadership": {"leaseTtl": 0}}, "/leadership/leaseTtl"),
     "wrong-type-top-level": ({"replicaCount": "three"}, "/replicaCount"),
     "wrong-type-nested": ({"server": {"port": "http"}}, "/server/port"),
     "wrong-type-in-list": ({"accounts": [{"name": "desk-alpha", "token": 42}]},

@@ -181,9 +181,8 @@ async def test_a_redis_back_without_its_data_stops_every_replica_until_acknowled
                 "state_loss": None}
 
             desk.kill_all()
-            for process in desk.processes.values():
-                assert process.stderr is not None
-                log = process.stderr.read().decode()
+            for port in desk.processes:
+                log = desk.log(port)
                 assert " ERROR gateway.services.state_watch state lost: " in log
                 assert "joined the acknowledged cluster epoch" in log
 

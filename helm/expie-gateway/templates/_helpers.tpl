@@ -238,6 +238,9 @@ seccompProfile:
 {{- fail "networkPolicy.redis needs cidrs or a podSelector / namespaceSelector when redis.url is set" -}}
 {{- end -}}
 {{- end -}}
+{{- if gt (mulf .Values.leadership.renewInterval 2.0) (float64 .Values.leadership.leaseTtl) -}}
+{{- fail "leadership.renewInterval must be at most half of leadership.leaseTtl" -}}
+{{- end -}}
 {{- include "expie-gateway.validateConfig" . -}}
 {{- end -}}
 
@@ -249,7 +252,7 @@ seccompProfile:
   "auth" (dict "issuer" "auth.issuer" "audience" "auth.audience" "token_ttl" "auth.tokenTtl" "max_token_ttl" "auth.maxTokenTtl" "signing_key" "auth.signingKey" "keys" "auth.keys" "external_issuers" "auth.externalIssuers")
   "redis" (dict "url" "redis.url" "password_file" "redis.auth" "password_env" "redis.auth" "require_persistence" "redis.requirePersistence")
   "audit" (dict "backend" "audit.backend" "file" "(the chart's volume)" "fsync" "audit.fsync")
-  "ws" (dict "upstream_url" "upstream.wsUrl") -}}
+  "ws" (dict "upstream_url" "upstream.wsUrl" "cluster" "leadership") -}}
 {{- range $section, $keys := $owned -}}
 {{- $given := get $.Values.config $section | default dict -}}
 {{- range $key, $value := $keys -}}
@@ -289,11 +292,13 @@ seccompProfile:
 {{- $_ := set $upstream "base_url" .Values.upstream.baseUrl -}}
 {{- end -}}
 {{- $_ := set $config "upstream" $upstream -}}
-{{- if and .Values.upstream.wsUrl (not $fromSimulator) -}}
 {{- $ws := get $config "ws" | default dict -}}
+{{- if and .Values.upstream.wsUrl (not $fromSimulator) -}}
 {{- $_ := set $ws "upstream_url" .Values.upstream.wsUrl -}}
-{{- $_ := set $config "ws" $ws -}}
 {{- end -}}
+{{- $leadership := .Values.leadership -}}
+{{- $_ := set $ws "cluster" (dict "enabled" $leadership.enabled "lease_ttl" $leadership.leaseTtl "renew_interval" $leadership.renewInterval) -}}
+{{- $_ := set $config "ws" $ws -}}
 {{- $auth := get $config "auth" | default dict -}}
 {{- $_ := set $auth "issuer" .Values.auth.issuer -}}
 {{- $_ := set $auth "audience" .Values.auth.audience -}}
