@@ -18,6 +18,12 @@ with a clean snapshot. The book the pushes patch is kept underneath, unchanged: 
 next diffs are relative to what it last pushed, not to the answer, so the next push applies to
 that book, which then is served again. A resubscription would not do: during a stall the
 exchange hands a new subscriber its cached, equally stale snapshot.
+
+In a cluster (``gateway.fanout.leadership``) the shared book has one of two sources. Leading, it
+is the upstream subscription, and every step the book takes (an update, a loss, a resync, a
+confirmation) goes to ``relay_out``. Following, there is no upstream subscription: ``apply``
+takes the leader's steps, ``load`` its snapshot (``fields``), so the book, its views and their
+frames are the leader's. Views with their own subscription stay this replica's own.
 """
 
 from __future__ import annotations

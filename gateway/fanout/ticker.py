@@ -13,6 +13,13 @@ While a client's subscription is on its way upstream it receives nothing on that
 exchange answers a new list with its initial state at once, which would otherwise reach the
 client before its reply. Whatever it missed meanwhile is in what ``initial`` gives it right after
 the reply. A client that leaves is taken off the upstream lists too, in the background.
+
+In a cluster the ticker's leader subscribes the union of every replica's lists (``demand_out``
+records this replica's, ``set_cluster_demand`` brings the cluster's) and relays each change of
+its state (``relay_out``): a new price, new deals, a lost connection. A follower's connection
+subscribes nothing (it still carries the proxied queries); its state comes from the leader's
+changes (``apply``) and snapshot (``load``), and a snapshot after a gap pushes what moved
+meanwhile: a price that changed, deals newer than the newest seen.
 """
 
 from __future__ import annotations

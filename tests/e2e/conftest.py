@@ -18,9 +18,11 @@ import pytest
 from tests.clock import FakeClock
 from tests.component.conftest import key_prefix, redis_client, redis_relay, redis_url
 from tests.desk_processes import DeskFactory
+from tests.e2e.test_ws_fanout import Sockets
 from tests.simulator_harness import RunningSimulator
 
-__all__ = ["clock", "key_prefix", "redis_client", "redis_relay", "redis_url", "start_desk"]
+__all__ = ["clock", "key_prefix", "redis_client", "redis_relay", "redis_url", "sockets",
+           "start_desk"]
 
 
 @pytest.fixture
@@ -37,3 +39,12 @@ async def start_desk(
     with contextlib.ExitStack() as stack:
         async with aiohttp.ClientSession() as http:
             yield DeskFactory(sim, tmp_path, redis_url, key_prefix, http, stack)
+
+
+@pytest.fixture
+async def sockets() -> AsyncIterator[Sockets]:
+    """Every WebSocket client of a test, on one session without a connection limit."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        opened = Sockets(session)
+        yield opened
+        await opened.close()

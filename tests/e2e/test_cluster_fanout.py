@@ -15,11 +15,10 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 
-import aiohttp
 import pytest
 import redis.asyncio
 
@@ -147,12 +146,19 @@ class Cluster:
             return await response.text()
 
 
-@pytest.fixture
-async def sockets() -> AsyncIterator[Sockets]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        opened = Sockets(session)
-        yield opened
-        await opened.close()
+async def running_cluster(
+    sim: RunningSimulator, start_desk: DeskFactory, sockets: Sockets, replicas: int,
+    per_port: int, args: tuple[str, ...] = (),
+) -> Cluster:
+    """``replicas`` processes with ``per_port`` clients each over every view, references at the
+    simulator, every book settled on the exchange's."""
+    cluster = Cluster(await start_desk(ws=CLUSTER), sim, sockets)
+    await cluster.start(replicas, args)
+    await place_books(sim)
+    await cluster.connect(per_port)
+    await cluster.reference()
+    await until(cluster.every_book_matches)
+    return cluster
 
 
 def metric(text: str, name: str) -> float:
@@ -205,12 +211,7 @@ async def test_a_killed_leader_is_replaced_within_the_lease_and_books_stay_exact
     sim: RunningSimulator, start_desk: DeskFactory, sockets: Sockets, redis_url: str,
     key_prefix: str,
 ) -> None:
-    cluster = Cluster(await start_desk(ws=CLUSTER), sim, sockets)
-    await cluster.start(3)
-    await place_books(sim)
-    await cluster.connect(per_port=12)
-    await cluster.reference()
-    await until(cluster.every_book_matches)
+    cluster = await running_cluster(sim, start_desk, sockets, 3, per_port=12)
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         pid = await leader_pid(client, key_prefix, "depth:BCCBTC")
@@ -245,12 +246,7 @@ async def test_a_gap_in_the_relay_resyncs_followers_to_a_clean_correct_book(
     sim: RunningSimulator, start_desk: DeskFactory, sockets: Sockets, redis_url: str,
     key_prefix: str,
 ) -> None:
-    cluster = Cluster(await start_desk(ws=CLUSTER), sim, sockets)
-    await cluster.start(2)
-    await place_books(sim)
-    await cluster.connect(per_port=9)
-    await cluster.reference()
-    await until(cluster.every_book_matches)
+    cluster = await running_cluster(sim, start_desk, sockets, 2, per_port=9)
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         pid = await leader_pid(client, key_prefix, "depth:ETHBTC")
@@ -281,12 +277,7 @@ async def test_without_redis_each_replica_subscribes_itself_then_one_again(
 ) -> None:
     with own_redis(tmp_path, persistent=False) as server:
         start_desk.redis_url = server.url
-        cluster = Cluster(await start_desk(ws=CLUSTER), sim, sockets)
-        await cluster.start(3)
-        await place_books(sim)
-        await cluster.connect(per_port=9)
-        await cluster.reference()
-        await until(cluster.every_book_matches)
+        cluster = await running_cluster(sim, start_desk, sockets, 3, per_port=9)
         await until(cluster.one_subscription_per_market)
         server.kill()
         await until(lambda: cluster.depth_subscriptions_are(3))

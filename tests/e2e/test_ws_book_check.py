@@ -23,14 +23,11 @@ from tests.e2e.test_ws_fanout import (
     Watcher,
     gateway,
     place_book,
-    sockets,
     to_state,
     until,
 )
 from tests.gateway_harness import RunningGateway
 from tests.simulator_harness import RunningSimulator
-
-__all__ = ["sockets"]
 
 VIEW: View = (MARKET, 10, "0")
 DEPTH = f"/v1/markets/{MARKET}/depth"

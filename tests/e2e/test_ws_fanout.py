@@ -26,12 +26,11 @@ import itertools
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import WSMsgType
 
 from gateway.core.depth_book import BookSide, Level, apply_side
@@ -163,14 +162,6 @@ class Sockets:
 
     async def close(self) -> None:
         await asyncio.gather(*(watcher.close() for watcher in self.opened))
-
-
-@pytest.fixture
-async def sockets() -> AsyncIterator[Sockets]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        opened = Sockets(session)
-        yield opened
-        await opened.close()
 
 
 async def gateway(sim: RunningSimulator, start_gateway_for: StartGateway,
