@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol, cast
@@ -108,8 +108,11 @@ class MarketDepth:
         self._views: dict[DepthKey, _View] = {}
         # Dedicated subscriptions being closed: referenced until done, awaited by ``close``.
         self._closing: set[asyncio.Task[None]] = set()
-        # Where the shared book's changes go while this replica leads the market (the relay).
-        self.relay_out: Callable[[str, JsonValue], None] = _relay_nowhere
+        # Where the shared book's changes go while this replica leads the market (the relay);
+        # True when it took one.
+        self.relay_out: Callable[[str, JsonValue], bool] = _relay_nowhere
+        # Set while a relayed update is applied: its frames reach this replica's clients later.
+        self._delivering_later = False
 
     @property
     def live(self) -> bool:
@@ -278,9 +281,17 @@ class MarketDepth:
 
     def _feed(self, limit: int, interval: str, source: _Source) -> DepthFeed:
         def updated(clean: bool, body: dict[str, JsonValue], _market: str) -> None:
-            if source is self._shared:
-                self.relay_out("u", [clean, body])
-            self._apply(source, clean, body)
+            if source is self._shared and self.relay_out("u", [clean, body]):
+                # The relay's write goes out first; this replica's clients get their frames on
+                # the loop's next turn, so the other replicas' clients wait for Redis alone,
+                # not for this replica's own fan-out too.
+                self._delivering_later = True
+                try:
+                    self._apply(source, clean, body)
+                finally:
+                    self._delivering_later = False
+            else:
+                self._apply(source, clean, body)
 
         def lost() -> None:
             if source is self._shared:
@@ -337,11 +348,11 @@ class MarketDepth:
         if data is None:
             return
         frame = Frame(data, Kind.DEPTH, key)
-        for client in view.clients:
-            if fresh:
-                client.restart(frame)
-            else:
-                client.push(frame)
+        if self._delivering_later:
+            # The clients of the view now: one joining meanwhile starts from its own snapshot.
+            asyncio.get_running_loop().call_soon(_offer, list(view.clients), frame, fresh)
+        else:
+            _offer(view.clients, frame, fresh)
 
     def _resync(self, queried: LocalBook, now: float) -> None:
         """Serve the exchange's answer as the book, and a clean snapshot of it to every client."""
@@ -399,8 +410,16 @@ class MarketDepth:
         view.own = None
 
 
-def _relay_nowhere(kind: str, data: JsonValue) -> None:
-    pass
+def _offer(clients: Iterable[Client], frame: Frame, fresh: bool) -> None:
+    for client in clients:
+        if fresh:
+            client.restart(frame)
+        else:
+            client.push(frame)
+
+
+def _relay_nowhere(kind: str, data: JsonValue) -> bool:
+    return False
 
 
 def _wire(book: LocalBook | None) -> JsonValue:

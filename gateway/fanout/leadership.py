@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 _SNAPSHOT_LEASES = 4
 # Resyncs in a row overtaken by the stream before the next tick tries again.
 _RESYNC_TRIES = 3
+# How long closing waits for the role's tasks (the last batch published among them).
+_CLOSE_WAIT = 3.0
 
 
 class RelayedStream(Protocol):
@@ -117,6 +119,7 @@ class StreamRole:
         self._resyncing: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._deciding = asyncio.Lock()
+        self._closing = False
         # Run on each tick once the role is decided (the ticker's demand); may raise
         # ``StoreUnavailable`` like the tick itself.
         self.on_tick: Callable[[Role | None], Awaitable[None]] | None = None
@@ -144,12 +147,19 @@ class StreamRole:
 
     async def close(self) -> None:
         """Stop; give the lease and the presence up (best effort: they lapse anyway)."""
+        # Checked by the tick loop too: a cancellation a library turned into an error it raised
+        # (a timeout racing the cancel) must not keep the loop, and the process, alive.
+        self._closing = True
         tasks = [task for task in (self._ticker, self._resyncing, *self._tasks) if task]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         if self._flusher is not None:  # the last changes still reach the followers
-            await asyncio.gather(self._flusher, return_exceptions=True)
+            tasks.append(self._flusher)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_CLOSE_WAIT)
+            if pending:
+                logger.warning("relay of %s: %d task(s) did not stop within %g s", self.name,
+                               len(pending), _CLOSE_WAIT)
         lease, self._lease = self._lease, None
         try:
             if lease is not None:
@@ -160,16 +170,19 @@ class StreamRole:
         await self._stop_listening()
         self._set_role(None)
 
-    def emit(self, kind: str, data: JsonValue) -> None:
-        """A change of the stream's state: published while this replica leads."""
+    def emit(self, kind: str, data: JsonValue) -> bool:
+        """A change of the stream's state: published while this replica leads (then True)."""
         if self._role is not Role.LEADER or self._lease is None:
-            return
+            return False
         self._seq += 1
         self._pending.append(RelayMessage(self._lease.token, self._seq, kind, data).encode())
         self._flush_soon()
+        return True
 
     async def tick(self, *, first: bool = False) -> None:
         """Renew or take the lease, or follow; record presence; standalone while Redis fails."""
+        if self._closing:
+            return
         async with self._deciding:
             await self._decide(first)
         if self._role is Role.FOLLOWER and not self._cursor.synced and self._listening:
@@ -371,6 +384,8 @@ class StreamRole:
     async def _tick_every(self) -> None:
         while True:
             await asyncio.sleep(self._settings.renew_interval)
+            if self._closing:
+                return
             try:
                 await self.tick()
             except Exception:

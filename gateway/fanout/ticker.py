@@ -55,7 +55,7 @@ class Ticker:
         # the state comes from the relay (following) and is whole there.
         self.demand_out: Callable[[Demand], Awaitable[None]] | None = None
         self._cluster = Demand(frozenset(), frozenset())
-        self.relay_out: Callable[[str, JsonValue], None] = _relay_nowhere
+        self.relay_out: Callable[[str, JsonValue], bool] = _relay_nowhere
         self._following = False
         self._relay_whole = False
         self._dirty: set[str] = set()
@@ -325,8 +325,8 @@ class Ticker:
         self._deals_whole.clear()
 
 
-def _relay_nowhere(kind: str, data: JsonValue) -> None:
-    pass
+def _relay_nowhere(kind: str, data: JsonValue) -> bool:
+    return False
 
 
 def _deal_id(deal: dict[str, JsonValue]) -> int:

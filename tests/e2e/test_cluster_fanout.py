@@ -319,3 +319,8 @@ async def test_two_workers_behind_one_port_hold_one_subscription_per_market(
         await until(both_workers_have_clients)
     finally:
         await client.aclose()
+    # The supervisor dies: its workers, clients and relay roles and all, drain and exit.
+    os.kill(supervisor.process.pid, signal.SIGKILL)
+    await until(lambda: not any(Path(f"/proc/{pid}/status").exists() and
+                                "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+                                for pid in pids.values()))

@@ -135,7 +135,7 @@ class FakeStream:
         self.whole = True
         self.needed = True
         self.holds = 0
-        self.emit: Callable[[str, JsonValue], None] = lambda kind, data: None
+        self.emit: Callable[[str, JsonValue], bool] = lambda kind, data: False
         self.fail_upstream = False
 
     def change(self, value: int) -> None:
@@ -391,3 +391,39 @@ async def test_a_first_leader_whose_upstream_fails_gives_the_lease_up(redis: Fak
     second = replica(redis, "r1")
     await second.role.tick()
     assert second.role.role is Role.LEADER
+
+
+class SwallowingStream(FakeStream):
+    """From its second call on, its upstream call turns a cancellation into an error, as a
+    timeout racing the cancellation can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.waiting = asyncio.Event()
+
+    async def use_upstream(self) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            await super().use_upstream()
+            return
+        self.waiting.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise FeedUnavailable("interrupted") from None
+
+
+async def test_closing_stops_the_role_even_when_a_tick_swallows_its_cancellation(
+    redis: FakeRedis,
+) -> None:
+    stream = SwallowingStream()
+    role = StreamRole(STREAM, stream, redis, FakeBus(redis), "r0",
+                      ClusterSettings(lease_ttl=TTL, renew_interval=0.001), Events())
+    await role.start()
+    await asyncio.wait_for(stream.waiting.wait(), 1)  # the loop's tick, stuck upstream
+    await asyncio.wait_for(role.close(), 1)
+    calls = stream.calls
+    await asyncio.sleep(0.01)  # ten tick periods: a loop still running would call again
+    assert stream.calls == calls
+    assert role.role is None
