@@ -72,7 +72,7 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	@mkdir -p bench/results
-	@set -e; for module in bench.simulator_rest bench.auth_overhead bench.market_data bench.order_path bench.ws_fanout bench.sign_in_guessing; do \
+	@set -e; for module in bench.simulator_rest bench.auth_overhead bench.market_data bench.order_path bench.ws_fanout bench.relay bench.sign_in_guessing; do \
 		echo ">>> $$module" >&2; $(BIN)/python -m $$module; done
 
 # Its own redis-server (on a free port, with AOF), the simulator and gateway replicas, all on

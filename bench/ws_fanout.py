@@ -63,7 +63,7 @@ import tempfile
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from multiprocessing.connection import Connection
@@ -122,6 +122,8 @@ KEPT_PERIOD = 0.9  # a point counts only if the pushes kept at least 90 % of the
 SWEEP_P99_MS = 250.0
 TARGET_DELIVERIES_PER_S = 60_000
 TARGET_RSS_KB = 25.0
+FANOUT_COUNTERS = ("expie_gateway_ws_depth_conflations_total",
+                   "expie_gateway_ws_slow_consumers_closed_total")
 # Areas of the gateway's CPU samples (native frames included), first match wins.
 AREAS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("garbage_collector", re.compile(r"^(gc_collect|collect_with_callback|_PyGC_)")),
@@ -557,17 +559,38 @@ def workers(args: argparse.Namespace, sim_port: int) -> Iterator[tuple[list[Work
                 worker.process.join(5)
 
 
+def fanout_config(directory: Path, port: int, sim_port: int, *, name: str = "gateway",
+                  extra: Mapping[str, Mapping[str, object]] | None = None) -> Path:
+    """A gateway config whose one user may hold every connection; ``extra`` adds top-level
+    sections (its ``ws`` settings join that limit, the others replace the defaults')."""
+    sections = dict(extra or {})
+    ws = {"max_connections_per_user": 100_000, **sections.pop("ws", {})}
+    return write_gateway_config(directory, port, sim_port, name=name,
+                                extra={"ws": ws, **sections})
+
+
+def market_reader(config: Path) -> dict[str, str]:
+    """The ``Authorization`` header of a ``market:read`` token the gateways of ``config``'s
+    directory accept (they share its signing key)."""
+    return {"Authorization": f"Bearer {issue_token(config, USER, 'market:read')}"}
+
+
+@contextlib.contextmanager
+def simulator_running(port: int, push_interval: float) -> Iterator[Server]:
+    """The quiet simulator on ``port``, polling its books every ``push_interval`` seconds."""
+    upstream = {"Authorization": f"Bearer {simulator_accounts()[0][1]}"}
+    command = [*simulator_command(port, 0.0), "--push-interval", str(push_interval)]
+    with running("simulator", command, f"http://{HOST}:{port}/v1/markets", upstream) as started:
+        yield started[0]
+
+
 @contextlib.contextmanager
 def deploy(args: argparse.Namespace, directory: Path) -> Iterator[Deployment]:
     sim_port, gw_port = free_port(), free_port()
-    config = write_gateway_config(directory, gw_port, sim_port, extra={
-        "ws": {"max_connections_per_user": 100_000}})
-    bearer = {"Authorization": f"Bearer {issue_token(config, USER, 'market:read')}"}
-    upstream = {"Authorization": f"Bearer {simulator_accounts()[0][1]}"}
-    command = [*simulator_command(sim_port, 0.0), "--push-interval", str(args.push_interval)]
+    config = fanout_config(directory, gw_port, sim_port)
+    bearer = market_reader(config)
     with contextlib.ExitStack() as stack:
-        simulator, _ = stack.enter_context(running(
-            "simulator", command, f"http://{HOST}:{sim_port}/v1/markets", upstream))
+        simulator = stack.enter_context(simulator_running(sim_port, args.push_interval))
         gateway, _ = stack.enter_context(running(
             "gateway", gateway_command(config), f"http://{HOST}:{gw_port}/healthz", {},
             env=clean_environment()))
@@ -580,15 +603,20 @@ def shares(total: int, parts: int) -> list[int]:
 
 
 def open_clients(deployment: Deployment, target: str, count: int) -> dict[str, object]:
+    return open_on(deployment.clients, deployment.port(target), deployment.headers(target),
+                   count, target)
+
+
+def open_on(fleets: Sequence[Worker], port: int, headers: Mapping[str, str], count: int,
+            label: str) -> dict[str, object]:
+    """``count`` clients of ``port`` shared by the client processes ``fleets``, in parallel."""
     answers = [worker.answer() for worker in [
-        _send(worker, "open", deployment.port(target), deployment.headers(target), share,
-              CLIENT_VIEW)
-        for worker, share in zip(deployment.clients, shares(count, len(deployment.clients)),
-                                 strict=True)]]
+        _send(worker, "open", port, headers, share, CLIENT_VIEW)
+        for worker, share in zip(fleets, shares(count, len(fleets)), strict=True)]]
     opened = sum(a["opened"] for a in answers)
     if opened < count:
         errors = sorted({e for a in answers for e in a["errors"]})
-        raise BenchError(f"{target}: only {opened} of {count} clients connected: {errors}")
+        raise BenchError(f"{label}: only {opened} of {count} clients connected: {errors}")
     return {"opened": opened, "seconds": round(max(a["seconds"] for a in answers), 2)}
 
 
@@ -597,23 +625,22 @@ def _send(worker: Worker, *command: object) -> Worker:
     return worker
 
 
-def sim_stats(deployment: Deployment) -> dict[str, Any]:
-    base = f"http://{HOST}:{deployment.sim_port}"
-    stats: dict[str, Any] = http_json(f"{base}/_sim/stats", simulator_control())
+def sim_stats(sim_port: int) -> dict[str, Any]:
+    stats: dict[str, Any] = http_json(f"http://{HOST}:{sim_port}/_sim/stats", simulator_control())
     return stats
 
 
-def gateway_counters(deployment: Deployment) -> dict[str, float]:
-    """The fan-out's trouble counters from the gateway's ``/metrics``."""
-    url = f"http://{HOST}:{deployment.gw_port}/metrics"
+def gateway_counters(gw_port: int, names: Sequence[str] = FANOUT_COUNTERS) -> dict[str, float]:
+    """The counters ``names`` (the fan-out's trouble by default) from the gateway's
+    ``/metrics``, summed over their labels."""
+    url = f"http://{HOST}:{gw_port}/metrics"
     with contextlib.suppress(OSError):
         import urllib.request  # noqa: PLC0415
 
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
         found = {}
-        for name in ("expie_gateway_ws_depth_conflations_total",
-                     "expie_gateway_ws_slow_consumers_closed_total"):
+        for name in names:
             values = re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.MULTILINE)
             # OpenTelemetry leaves a counter out until it is first incremented.
             found[name] = sum(float(v) for v in values)
@@ -627,15 +654,22 @@ def gateway_counters(deployment: Deployment) -> dict[str, float]:
 def idle_rss(deployment: Deployment, target: str, count: int) -> dict[str, object]:
     """Open ``count`` clients (kept open for the points that follow) and read the server's RSS
     and CPU while they sit idle (no driver)."""
-    server = deployment.server(target)
-    before = rss_bytes(server.process.pid)
-    opened = open_clients(deployment, target, count)
+    return idle_footprint(deployment.server(target).process.pid, target, count,
+                          lambda: open_clients(deployment, target, count))
+
+
+def idle_footprint(pid: int, label: str, count: int,
+                   open_them: Callable[[], Mapping[str, object]]) -> dict[str, object]:
+    """Process ``pid``'s RSS before and after ``open_them()`` opened ``count`` connections,
+    and its CPU while they sit idle (no driver)."""
+    before = rss_bytes(pid)
+    opened = open_them()
     time.sleep(SETTLE)
-    cpu = cpu_seconds(server.process.pid)
+    cpu = cpu_seconds(pid)
     time.sleep(SETTLE)
-    idle_cores = (cpu_seconds(server.process.pid) - cpu) / SETTLE
-    after = rss_bytes(server.process.pid)
-    print(f"{target} {count} idle clients: {(after - before) / count / 1024:.1f} KB RSS each, "
+    idle_cores = (cpu_seconds(pid) - cpu) / SETTLE
+    after = rss_bytes(pid)
+    print(f"{label} {count} idle clients: {(after - before) / count / 1024:.1f} KB RSS each, "
           f"{idle_cores:.3f} cores idle", file=sys.stderr)
     return {"connections": count, "rss_before_mb": round(before / 2**20, 1),
             "rss_after_mb": round(after / 2**20, 1),
@@ -662,14 +696,9 @@ class Window:
 
 def measure(deployment: Deployment, args: argparse.Namespace, target: str, clients: int,
             period: float) -> dict[str, Any]:
-    deployment.driver.ask("period", period)
-    time.sleep(args.warmup)
-    ask_all([*deployment.clients, deployment.tap], "mark")
-    deployment.driver.ask("records")
-    window = observe(deployment, args.duration, counters=target == "gateway")
-    time.sleep(GRACE)
-    tapped = first_receipts(deployment.tap.ask("records"), window.t0, window.t1)
-    driven = deployment.driver.ask("records")
+    window, tapped, driven = drive_window(
+        deployment.clients, deployment.tap, deployment.driver, args, period,
+        lambda: observe(deployment, args.duration, counters=target == "gateway"))
     answers = ask_all(deployment.clients, "collect", tapped)
     point = summarize(answers, tapped, clients, period, window.seconds)
     point["driver_to_tap_ms"] = driver_to_tap(driven["records"], tapped)
@@ -681,18 +710,41 @@ def measure(deployment: Deployment, args: argparse.Namespace, target: str, clien
     return point
 
 
+def drive_window(fleets: Sequence[Worker], tap: Worker, driver: Worker, args: argparse.Namespace,
+                 period: float, observe_window: Callable[[], Window]
+                 ) -> tuple[Window, dict[str, float], dict[str, Any]]:
+    """Push every ``period`` s, warm up, then ``observe_window()``; the window, the tap's first
+    receipt of each frame in it and the driver's records. The clients' frames since the mark
+    are still theirs, for "collect"."""
+    driver.ask("period", period)
+    time.sleep(args.warmup)
+    ask_all([*fleets, tap], "mark")
+    driver.ask("records")
+    window = observe_window()
+    time.sleep(GRACE)
+    tapped = first_receipts(tap.ask("records"), window.t0, window.t1)
+    return window, tapped, driver.ask("records")
+
+
 def observe(deployment: Deployment, seconds: float, *, counters: bool) -> Window:
-    watched = deployment.watched()
-    before = gateway_counters(deployment) if counters else {}
-    cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+    read = (lambda: gateway_counters(deployment.gw_port)) if counters else dict
+    return watch(deployment.watched(), deployment.sim_port, seconds, read)
+
+
+def watch(pids: Mapping[str, int], sim_port: int, seconds: float,
+          counters: Callable[[], dict[str, float]]) -> Window:
+    """``seconds`` of the processes ``pids`` (by name) and the machine, ``counters()``' deltas,
+    and the simulator's stats at the end."""
+    before = counters()
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     machine_before, t0 = machine_jiffies(), time.monotonic()
     time.sleep(seconds)
     t1, machine_after = time.monotonic(), machine_jiffies()
     cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / (t1 - t0)
-           for name, pid in watched.items()}
-    after = gateway_counters(deployment) if counters else {}
+           for name, pid in pids.items()}
+    after = counters()
     return Window(t0, t1, cpu, busy_cores(machine_before, machine_after), load_average(),
-                  sim_stats(deployment),
+                  sim_stats(sim_port),
                   {name: round(after[name] - before.get(name, 0)) for name in after})
 
 
@@ -793,10 +845,17 @@ def run_target(deployment: Deployment, args: argparse.Namespace, target: str) ->
 
 def sweep_group(deployment: Deployment, args: argparse.Namespace, target: str, clients: int,
                 periods: Sequence[float]) -> list[dict[str, Any]]:
+    """``sweep_periods`` of ``clients`` clients of ``target``."""
+    return sweep_periods(periods, lambda period: measure(deployment, args, target, clients,
+                                                         period))
+
+
+def sweep_periods(periods: Sequence[float], measure_at: Callable[[float], dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
     """Shorter and shorter periods until the first point that is not sustained."""
     points: list[dict[str, Any]] = []
     for period in periods:
-        points.append(measure(deployment, args, target, clients, period))
+        points.append(measure_at(period))
         if not sustained(points[-1]):
             break
     return points
@@ -862,7 +921,11 @@ def sustained(point: Mapping[str, Any]) -> bool:
 
 def best_sustained(result: Mapping[str, Any]) -> dict[str, object] | None:
     """The point (any scenario or sweep point) with the most deliveries/s that was sustained."""
-    points = [result["expie_cadence"], result["fast"], *result["sweep"]]
+    return most_sustained([result["expie_cadence"], result["fast"], *result["sweep"]])
+
+
+def most_sustained(points: Sequence[Mapping[str, Any]]) -> dict[str, object] | None:
+    """Of ``points``, the sustained one with the most deliveries/s (None when none was)."""
     passing = [p for p in points if sustained(p)]
     if not passing:
         return None
