@@ -226,7 +226,7 @@ def write_gateway_config(
             {"kid": "bench-key", "algorithm": "EdDSA", "private_key_file": str(key)}]},
         "users": {"file": str(USERS_FILE)},
         "accounts": accounts,
-        "logging": {"level": "WARNING"},
+        "logging": {"level": "WARNING", "format": "text"},  # read back by the benchmarks
         "audit": {"file": str(audit_file(directory, name))},
         "orders": {"limits": {"read": UNLIMITED, "market_data": UNLIMITED}},
         **(extra or {}),

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import dataclasses
 import getpass
-import logging
 import os
 import re
 import sys
@@ -35,6 +34,7 @@ from gateway.core.mapping_reader import ConfigError
 from gateway.core.principal import Scope, format_scopes
 from gateway.core.wire import wire_integer
 from gateway.errors import GatewayError
+from gateway.logs import configure_logging
 from gateway.settings import CONFIG_PATH_VARIABLE, MAX_WORKERS, Settings, load_settings
 from gateway.stores.redis_client import connect_redis
 from gateway.stores.revocation import RedisRevocationStore
@@ -132,9 +132,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers is not None:
         settings = dataclasses.replace(
             settings, server=dataclasses.replace(settings.server, workers=args.workers))
-    worker = "" if args.worker_of is None else "[worker %(process)d] "
-    logging.basicConfig(level=settings.log_level,
-                        format=f"%(asctime)s %(levelname)s %(name)s {worker}%(message)s")
+    configure_logging(settings.logging, worker=args.worker_of is not None)
     if args.worker_of is None and settings.server.workers > 1:
         from gateway.supervisor import supervise  # noqa: PLC0415 - the supervisor has no web stack
 

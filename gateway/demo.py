@@ -20,6 +20,7 @@ from gateway.auth.secret import Secret
 from gateway.auth.signing import KeyRing, generate_signing_key
 from gateway.auth.tokens import TokenIssuer
 from gateway.core.principal import ALL_SCOPES, Scope, format_scopes
+from gateway.logs import configure_logging
 from gateway.server import ListenFailed, listen, new_event_loop
 from gateway.settings import Settings, UpstreamSettings, load_settings
 from gateway.web.edge import GatewayRunner
@@ -60,6 +61,8 @@ async def _serve(gateway_port: int, simulator_port: int) -> None:
     scopes = ALL_SCOPES - {Scope.ADMIN}
     token, _ = issuer.issue(DEMO_USER, [scope.value for scope in scopes], settings.auth.token_ttl)
     print(banner(sim_config, gateway_port, simulator_port, token, scopes), flush=True)
+    # From here on: a port refused before is one clear line, not a log around it.
+    configure_logging(settings.logging)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):

@@ -168,6 +168,15 @@ class AuditSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str = "INFO"
+    # json: one JSON object per line, what log collectors parse; text: for a terminal (the demo).
+    format: str = "json"
+    # Share of market-data calls that get an access-log line (order and admin calls: every one).
+    access_sample: float = 0.01
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
@@ -179,7 +188,7 @@ class Settings:
     audit: AuditSettings = AuditSettings()
     orders: OrderSettings = field(default_factory=OrderSettings)
     ws: WebSocketSettings = field(default_factory=WebSocketSettings)
-    log_level: str = "INFO"
+    logging: LoggingSettings = LoggingSettings()
 
     @property
     def audit_in_redis(self) -> bool:
@@ -267,7 +276,7 @@ def parse_settings(data: object) -> Settings:
         audit=_audit(root.section("audit", {})),
         orders=parse_orders(root.section("orders", {})),
         ws=parse_ws(root.section("ws", {})),
-        log_level=_log_level(root.section("logging", {})),
+        logging=_logging(root.section("logging", {})),
     )
     root.done()
     names = [account.name for account in settings.accounts]
@@ -497,9 +506,15 @@ def _path(section: MappingReader, name: str, default: str) -> Path:
     return value
 
 
-def _log_level(section: MappingReader) -> str:
+def _logging(section: MappingReader) -> LoggingSettings:
     level = section.text("level", "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{section.key('level')}: expected DEBUG, INFO, WARNING or ERROR")
+    log_format = section.text("format", "json")
+    if log_format not in ("json", "text"):
+        raise ConfigError(f"{section.key('format')}: expected json or text")
+    sample = section.number("access_sample", 0.01, allow_zero=True)
+    if sample > 1:
+        raise ConfigError(f"{section.key('access_sample')}: expected a share from 0 to 1")
     section.done()
-    return level
+    return LoggingSettings(level, log_format, sample)

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import yaml
 
@@ -89,6 +89,24 @@ def process_config(directory: Path, sim: RunningSimulator, **sections: object) -
         **sections,
     }), encoding="utf-8")
     return config
+
+
+def log_records(text: str) -> list[dict[str, Any]]:
+    """The JSON lines a gateway process logged (anything else, a traceback's text, skipped)."""
+    records = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def logged(text: str, message: str, **fields: object) -> bool:
+    """Whether a JSON line of ``text`` starts its message with ``message`` and has ``fields``."""
+    return any(record.get("message", "").startswith(message)
+               and all(record.get(name) == value for name, value in fields.items())
+               for record in log_records(text))
 
 
 def health(port: int, attempts: int = 100) -> dict[str, object] | None:

@@ -39,6 +39,15 @@ def request_id(request: web.BaseRequest) -> str:
     return new_request_id()
 
 
+def request_id_of(request: web.Request) -> str:
+    """The request's id: the one given to it already (by the access log), or made now."""
+    given: str | None = request.get(REQUEST_ID)
+    if given is not None:
+        return given
+    made = request[REQUEST_ID] = request_id(request)
+    return made
+
+
 def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
@@ -52,7 +61,7 @@ def caller_address(request: web.Request) -> str | None:
 
 def public(handler: Handler) -> Handler:
     async def public_handler(request: web.Request) -> web.StreamResponse:
-        rid = request[REQUEST_ID] = request_id(request)
+        rid = request_id_of(request)
         try:
             response = await handler(request)
         except GatewayError as exc:
@@ -88,7 +97,7 @@ def protected(scope: Scope, handler: Handler) -> Handler:
     """``handler`` for callers whose token verifies and holds ``scope`` (and the market, if any)."""
 
     async def protected_handler(request: web.Request) -> web.StreamResponse:
-        rid = request[REQUEST_ID] = request_id(request)
+        rid = request_id_of(request)
         try:
             request[PRINCIPAL] = await authorize(request, scope)
             response = await handler(request)

@@ -28,7 +28,13 @@ from gateway.services.order_desk import DeskAnswer
 from gateway.services.order_views import Page
 from gateway.web.bodies import ORDER_BODY_LIMIT, read_body
 from gateway.web.errors import error_response
-from gateway.web.guard import Handler, authenticate, caller_address, check_access, request_id
+from gateway.web.guard import (
+    Handler,
+    authenticate,
+    caller_address,
+    check_access,
+    request_id_of,
+)
 from gateway.web.proxy import forward_to
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -39,7 +45,7 @@ _NO_TRACE = "0" * 32
 
 def order_call(action: str, handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
-        rid = request[REQUEST_ID] = request_id(request)
+        rid = request_id_of(request)
         try:
             # Known before its access is checked, so a refusal names who was refused.
             request[PRINCIPAL] = principal = await authenticate(request)

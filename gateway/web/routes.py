@@ -9,6 +9,7 @@ from aiohttp import hdrs, web
 from gateway.core.principal import Scope
 from gateway.errors import MethodNotAllowed, NotFound
 from gateway.keys import OPENAPI_BODY
+from gateway.web.access_log import logged
 from gateway.web.admin import (
     acknowledge_state_loss,
     audit_records,
@@ -32,6 +33,15 @@ from gateway.web.openapi import (
 from gateway.web.orders import cancel_order, order_call, place_order
 from gateway.web.ws import websocket
 
+# Logged every one, as order calls are: what an admin did is what an operator looks for.
+ADMIN_ROUTES = (
+    ("POST", "/admin/tokens/revoke", revoke),
+    ("POST", "/admin/kill-switch", set_kill_switch),
+    ("GET", "/admin/kill-switch", list_kill_switches),
+    ("GET", "/admin/audit", audit_records),
+    ("POST", "/admin/state-loss/acknowledge", acknowledge_state_loss),
+)
+
 
 async def no_such_route(request: web.Request) -> web.Response:
     for resource in request.app.router.resources():
@@ -46,24 +56,20 @@ async def no_such_route(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     app.on_response_prepare.append(name_the_server)
     router = app.router
-    router.add_post("/v1/markets/{market}/orders", order_call("place", place_order))
-    router.add_post("/v1/markets/{market}/orders/{order_id}/_cancel",
-                    order_call("cancel", cancel_order))
+    place, cancel = "/v1/markets/{market}/orders", "/v1/markets/{market}/orders/{order_id}/_cancel"
+    router.add_post(place, logged(place, order_call("place", place_order), always=True))
+    router.add_post(cancel, logged(cancel, order_call("cancel", cancel_order), always=True))
     for route in EXCHANGE_ROUTES:
-        router.add_route(route.method, route.template,
-                         protected(route.scope, exchange_handler(route)))
-    router.add_post(TOKEN_PATH, public(issue_token))
+        router.add_route(route.method, route.template, logged(
+            route.template, protected(route.scope, exchange_handler(route)), always=False))
+    router.add_post(TOKEN_PATH, logged(TOKEN_PATH, public(issue_token), always=True))
     router.add_get(JWKS_PATH, public(jwks), allow_head=False)
     app[OPENAPI_BODY] = json.dumps(openapi_document()).encode()
     router.add_get(OPENAPI_PATH, public(openapi), allow_head=False)
     router.add_get(METADATA_PATH, public(oauth_metadata), allow_head=False)
-    router.add_post("/admin/tokens/revoke", protected(Scope.ADMIN, revoke))
-    router.add_post("/admin/kill-switch", protected(Scope.ADMIN, set_kill_switch))
-    router.add_get("/admin/kill-switch", protected(Scope.ADMIN, list_kill_switches),
-                   allow_head=False)
-    router.add_get("/admin/audit", protected(Scope.ADMIN, audit_records), allow_head=False)
-    router.add_post("/admin/state-loss/acknowledge",
-                    protected(Scope.ADMIN, acknowledge_state_loss))
+    for method, path, handler in ADMIN_ROUTES:
+        router.add_route(method, path, logged(path, protected(Scope.ADMIN, handler),
+                                              always=True))
     router.add_get("/ws", websocket, allow_head=False)
     router.add_get("/healthz", public(healthz), allow_head=False)
     router.add_get("/readyz", public(readyz), allow_head=False)

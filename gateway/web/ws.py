@@ -71,7 +71,7 @@ from gateway.keys import (
     WS_USERS,
 )
 from gateway.web.errors import error_response
-from gateway.web.guard import request_id
+from gateway.web.guard import request_id, request_id_of
 
 logger = logging.getLogger(__name__)
 AUTH_REJECTED = 11
@@ -108,10 +108,19 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             _release(users, principal.user_id)
         raise
     connection = _Connection(request, socket, principal)
+    opened = time.monotonic()
+    logger.info("websocket opened", extra={
+        "user": principal.user_id if principal is not None else None,
+        "request_id": request_id_of(request)})
     try:
         await connection.serve()
     finally:
         await connection.end()
+        signed_in = connection.client.principal
+        logger.info("websocket closed", extra={
+            "user": signed_in.user_id if signed_in is not None else None,
+            "code": socket.close_code, "request_id": request_id_of(request),
+            "duration_ms": round((time.monotonic() - opened) * 1000)})
     return socket
 
 

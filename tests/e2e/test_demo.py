@@ -62,6 +62,9 @@ def test_the_demo_serves_the_token_it_prints_and_stops_on_ctrl_c(tmp_path: Path)
         assert f"Ctrl-C (or kill {process.pid}) stops both." in lines
         os.kill(process.pid, signal.SIGINT)
         assert process.wait(timeout=RUN_TIMEOUT) == 0
+        assert process.stderr is not None
+        # Each call it served shows in the terminal, as a text line.
+        assert "gateway.access GET /v1/markets/{market}/ticker 200" in process.stderr.read()
 
 
 def test_a_demo_port_in_use_is_one_clear_line_naming_the_setting(tmp_path: Path) -> None:

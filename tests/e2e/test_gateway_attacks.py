@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.auth.signing import KeyRing, SigningKey, generate_signing_key
 from gateway.keys import ACCOUNT_TOKENS, SETTINGS
+from gateway.logs import formatter as log_formatter
 from tests.clock import FakeClock
 from tests.conftest import StartGateway
 from tests.gateway_harness import RunningGateway, gateway_settings
@@ -305,10 +306,13 @@ class Recorder:
 
 
 def logged_text(records: list[logging.LogRecord]) -> list[str]:
+    """Each record as every formatter writes it: JSON and text lines with all their fields."""
     formatter = logging.Formatter()
+    lines = [log_formatter("json"), log_formatter("text")]
     texts = []
     for record in records:
         texts += [record.getMessage(), str(record.msg), repr(record.args)]
+        texts += [line.format(record) for line in lines]
         if record.exc_info:
             texts.append(formatter.formatException(record.exc_info))
         texts += [record.exc_text or "", record.stack_info or ""]

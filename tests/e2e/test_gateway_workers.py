@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.process_harness import cli, free_port, health, process_config, serving
+from tests.process_harness import cli, free_port, health, logged, process_config, serving
 from tests.simulator_harness import RunningSimulator
 
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
@@ -183,8 +183,8 @@ async def test_sigterm_on_the_supervisor_drains_every_worker_and_exits_0(
     log = supervised.log.read_text()
     assert status == 0, log
     for pid in pids.values():
-        assert f"[worker {pid}] draining" in log
-        assert f"[worker {pid}] stopped" in log
+        assert logged(log, "draining", worker=pid)
+        assert logged(log, "stopped", worker=pid)
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert "every worker has stopped" in log
@@ -245,5 +245,5 @@ async def test_workers_whose_supervisor_is_killed_drain_on_their_own(
     await eventually(lambda: all(exited(pid) for pid in pids.values()), "the workers exited")
     log = supervised.log.read_text()
     for pid in pids.values():
-        assert f"[worker {pid}] the supervisor (pid {supervised.process.pid}) is gone" in log
-        assert f"[worker {pid}] stopped" in log
+        assert logged(log, f"the supervisor (pid {supervised.process.pid}) is gone", worker=pid)
+        assert logged(log, "stopped", worker=pid)

@@ -29,7 +29,7 @@ from tests.component.conftest import delete_prefixed
 from tests.conftest import StartGateway
 from tests.desk_processes import BUY, Desk, DeskFactory, orders_placed
 from tests.gateway_harness import RunningGateway, gateway_settings, start_gateway
-from tests.process_harness import RUN_TIMEOUT, cli, free_port, process_config, serving
+from tests.process_harness import RUN_TIMEOUT, cli, free_port, logged, process_config, serving
 from tests.redis_server import own_redis
 from tests.simulator_harness import RunningSimulator
 from tests.waiting import eventually
@@ -183,7 +183,8 @@ async def test_a_redis_back_without_its_data_stops_every_replica_until_acknowled
             desk.kill_all()
             for port in desk.processes:
                 log = desk.log(port)
-                assert " ERROR gateway.services.state_watch state lost: " in log
+                assert logged(log, "state lost: ", level="ERROR",
+                              logger="gateway.services.state_watch")
                 assert "joined the acknowledged cluster epoch" in log
 
 

@@ -21,7 +21,7 @@ from gateway.ws_settings import WebSocketSettings, upstream_ws_url
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_YAML = ROOT / "config" / "gateway.yaml"
 # Settings fields whose YAML key lives elsewhere: field -> YAML path.
-RENAMED = {"users_file": "users.file", "log_level": "logging.level"}
+RENAMED = {"users_file": "users.file"}
 
 
 def field_paths(cls: type, prefix: str = "") -> set[str]:
@@ -66,7 +66,7 @@ def test_the_documented_file_parses_to_the_defaults_it_documents() -> None:
     assert settings.server == defaults.server
     assert settings.upstream == defaults.upstream
     assert settings.redis == defaults.redis
-    assert (settings.users_file, settings.log_level) == (defaults.users_file, defaults.log_level)
+    assert (settings.users_file, settings.logging) == (defaults.users_file, defaults.logging)
     assert settings.auth.signing_key == "gw-key-1"
     assert [account.name for account in settings.accounts] == ["desk-alpha", "desk-beta"]
 
@@ -154,7 +154,7 @@ def test_an_override_sets_a_yaml_list() -> None:
 
 def test_an_override_creates_a_section_the_file_lacks(tmp_path: Path) -> None:
     settings = load_text(tmp_path, "server: {port: 9000}\n", {"EXPIE_GW_LOGGING__LEVEL": "debug"})
-    assert (settings.server.port, settings.log_level) == (9000, "DEBUG")
+    assert (settings.server.port, settings.logging.level) == (9000, "DEBUG")
 
 
 def test_variables_outside_the_prefix_are_ignored() -> None:
@@ -238,6 +238,8 @@ KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
         ("ws: {cluster: {lease_ttl: 0}}\n", "ws.cluster.lease_ttl"),
         ("ws: {cluster: {lease_ttl: 2, renew_interval: 1.5}}\n", "ws.cluster.renew_interval"),
         ("ws: {cluster: {enabled: sometimes}}\n", "ws.cluster.enabled"),
+        ("logging: {format: xml}\n", "logging.format"),
+        ("logging: {access_sample: 1.5}\n", "logging.access_sample"),
     ],
     ids=["negative-port", "port-not-a-number", "port-over-65535", "port-zero",
          "no-shutdown-time", "negative-drain", "bad-cidr", "proxies-not-a-list", "retries",
@@ -248,7 +250,8 @@ KEY = "    - {kid: k1, algorithm: EdDSA, private_key_file: /k1.pem}\n"
          "negative-notional", "unknown-risk-key", "slow-kill-switch-sync", "audit-backend",
          "audit-in-redis-without-redis", "ws-url-scheme", "ws-depth-limit",
          "ws-verify-zero", "ws-confirm-negative", "ws-book-age-zero", "ws-book-age-too-short",
-         "lease-zero", "renewal-slower-than-half-the-lease", "cluster-not-a-flag"],
+         "lease-zero", "renewal-slower-than-half-the-lease", "cluster-not-a-flag",
+         "log-format", "access-sample-over-one"],
 )
 def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
