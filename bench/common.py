@@ -702,6 +702,31 @@ def run_benchmark(
 # --- process and machine figures (/proc) -----------------------------------------------------
 
 
+TCP_LISTEN, TCP_ESTABLISHED = "0A", "01"  # socket states in /proc/net/tcp
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process ``pid`` has open."""
+    found = set()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{name}")
+                if target.startswith("socket:["):
+                    found.add(int(target[8:-1]))
+    return found
+
+
+def tcp_inodes(port: int, state: str) -> set[int]:
+    """Inodes of the IPv4 TCP sockets whose local port is ``port``, in ``state``."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text(encoding="ascii").splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rpartition(":")[2], 16) == port and fields[3] == state:
+            found.add(int(fields[9]))
+    return found
+
+
 def rss_bytes(pid: int) -> int:
     """The resident set size of ``pid`` (``VmRSS`` in ``/proc/<pid>/status``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -71,6 +71,8 @@ import redis
 from bench.common import (
     HOST,
     REPO,
+    TCP_ESTABLISHED,
+    TCP_LISTEN,
     BenchError,
     RedisServer,
     Server,
@@ -83,6 +85,8 @@ from bench.common import (
     redis_server_pid,
     run_benchmark,
     running,
+    socket_inodes,
+    tcp_inodes,
 )
 from bench.ws_fanout import (
     ASK_TOTAL,
@@ -128,7 +132,6 @@ UPKEEP_SECONDS = 4.0  # Redis's CPU measured with no pushes, before the windows
 TOP_COMMANDS = 5
 CHANNEL_READ = 0.25  # seconds a channel tap's read waits, so that it stops soon
 START_WITHIN = 30.0  # seconds for a supervisor's workers to listen, and for a lease to appear
-TCP_LISTEN, TCP_ESTABLISHED = "0A", "01"  # socket states in /proc/net/tcp
 LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) (\S+) (.*)$")
 LOG_SAMPLES = 8
 CODE = ("gateway", "simulator")  # the code under test, for the run's record
@@ -285,28 +288,6 @@ def children(pid: int) -> list[int]:
         return [int(child) for child in
                 Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     return []
-
-
-def socket_inodes(pid: int) -> set[int]:
-    """The inodes of the sockets process ``pid`` has open."""
-    found = set()
-    with contextlib.suppress(OSError):
-        for name in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{name}")
-                if target.startswith("socket:["):
-                    found.add(int(target[8:-1]))
-    return found
-
-
-def tcp_inodes(port: int, state: str) -> set[int]:
-    """Inodes of the IPv4 TCP sockets whose local port is ``port``, in ``state``."""
-    found = set()
-    for line in Path("/proc/net/tcp").read_text(encoding="ascii").splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].rpartition(":")[2], 16) == port and fields[3] == state:
-            found.add(int(fields[9]))
-    return found
 
 
 def connections_per_process(gw: Gateway) -> dict[str, int]:

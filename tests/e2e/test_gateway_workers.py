@@ -23,12 +23,12 @@ from typing import TypeVar
 
 import pytest
 
+from bench.common import TCP_ESTABLISHED, TCP_LISTEN, socket_inodes, tcp_inodes
 from tests.process_harness import cli, free_port, health, logged, process_config, serving
 from tests.simulator_harness import RunningSimulator
 
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 CONNECTIONS = 32  # kept open at once: SO_REUSEPORT spreads them by their 4-tuple's hash
-LISTEN, ESTABLISHED = "0A", "01"
 WAIT = 20.0
 T = TypeVar("T")
 
@@ -59,31 +59,9 @@ async def eventually(probe: Callable[[], T | None], what: str, budget: float = W
     pytest.fail(f"gave up waiting: {what}")
 
 
-def socket_inodes(pid: int) -> set[int]:
-    """The inodes of the sockets process ``pid`` has open."""
-    found = set()
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for name in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{name}")
-                if target.startswith("socket:["):
-                    found.add(int(target[8:-1]))
-    return found
-
-
-def tcp_inodes(port: int, state: str) -> set[int]:
-    """Inodes of the IPv4 TCP sockets whose local port is ``port``, in ``state``."""
-    found = set()
-    for line in Path("/proc/net/tcp").read_text(encoding="ascii").splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port and fields[3] == state:
-            found.add(int(fields[9]))
-    return found
-
-
 def listening(pids: dict[int, int], port: int) -> bool:
     """Every pid of ``pids`` holds a listening socket of ``port``."""
-    sockets = tcp_inodes(port, LISTEN)
+    sockets = tcp_inodes(port, TCP_LISTEN)
     return all(socket_inodes(pid) & sockets for pid in pids.values())
 
 
@@ -139,7 +117,7 @@ async def test_two_workers_share_one_port_and_both_answer(supervised: Supervised
     assert supervised.process.pid not in pids.values()
     writers = await hold_connections(supervised.port, CONNECTIONS)
     try:
-        accepted = tcp_inodes(supervised.port, ESTABLISHED)
+        accepted = tcp_inodes(supervised.port, TCP_ESTABLISHED)
         served = {slot: len(socket_inodes(pid) & accepted) for slot, pid in pids.items()}
     finally:
         for writer in writers:
@@ -148,7 +126,7 @@ async def test_two_workers_share_one_port_and_both_answer(supervised: Supervised
     assert all(served.values()), f"a worker accepted no connection: {served}"
     # The supervisor itself serves nothing.
     assert not socket_inodes(supervised.process.pid) & (accepted | tcp_inodes(
-        supervised.port, LISTEN))
+        supervised.port, TCP_LISTEN))
 
 
 @pytest.mark.redis
@@ -188,7 +166,7 @@ async def test_sigterm_on_the_supervisor_drains_every_worker_and_exits_0(
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert "every worker has stopped" in log
-    assert not tcp_inodes(supervised.port, LISTEN)
+    assert not tcp_inodes(supervised.port, TCP_LISTEN)
 
 
 def test_workers_without_redis_are_refused(sim: RunningSimulator, tmp_path: Path) -> None:
