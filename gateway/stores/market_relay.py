@@ -8,6 +8,7 @@ A stream is one market's depth (``depth:{market}``) or the price and deals of ev
 - ``{prefix}relay:snap:{stream}``      hash: ``epoch``, ``seq`` and the leader's state fields
 - ``{prefix}relay:presence:{stream}``  sorted set: replicas with a client, scored by expiry (ms)
 - ``{prefix}relay:demand``             hash: replica -> the markets it follows on price / deals
+- ``{prefix}relay:demand-alive``       sorted set: the replicas whose lists count, scored by expiry
 - channel ``{prefix}relay:{stream}``   the leader's messages; ``{prefix}relay:demand`` a nudge
 
 The token is the fencing token: ``publish`` writes the snapshot and publishes in one script that
@@ -79,7 +80,7 @@ local others = redis.call('ZCARD', KEYS[1])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then others = others - 1 end
 return others
 """
-# KEYS: demand hash, presence of the ticker, nudge channel. ARGV: holder, lists JSON, ttl ms.
+# KEYS: demand hash, the demand's live replicas, nudge channel. ARGV: holder, lists JSON, ttl ms.
 _SET_DEMAND = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -89,7 +90,7 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
 if changed then redis.call('PUBLISH', KEYS[3], ARGV[1]) end
 return 1
 """
-# KEYS: demand hash, presence of the ticker. Every live replica's lists; the lapsed are dropped.
+# KEYS: demand hash, the demand's live replicas. Every live replica's lists; the lapsed dropped.
 _DEMAND = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -220,14 +221,13 @@ class RedisRelayStore:
         lists = json.dumps([sorted(demand.price), sorted(demand.deals)])
         with _unavailable():
             await self._set_demand(
-                keys=[self._key("demand"), self._key("presence", "ticker"), self.demand_channel],
+                keys=[self._key("demand"), self._key("demand-alive"), self.demand_channel],
                 args=[holder, lists, milliseconds(ttl)])
 
     async def demand(self) -> Demand:
         """The union of what every live replica follows."""
         with _unavailable():
-            rows = await self._demand(keys=[self._key("demand"),
-                                            self._key("presence", "ticker")])
+            rows = await self._demand(keys=[self._key("demand"), self._key("demand-alive")])
         price: set[str] = set()
         deals: set[str] = set()
         for row in rows:
