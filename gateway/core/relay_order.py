@@ -36,6 +36,11 @@ class Role(enum.Enum):
     STANDALONE = "standalone"
 
 
+def relay_nowhere(kind: str, data: JsonValue) -> bool:
+    """Where a stream's changes go when no relay takes them (a single replica, a follower)."""
+    return False
+
+
 class RelayFormatError(ValueError):
     """A relay message or snapshot this gateway cannot read (another version, or corrupt)."""
 

@@ -52,15 +52,11 @@ class ClusterFanout:
         self._ticker_role: StreamRole | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def ticker_role(self) -> Role | None:
-        return self._ticker_role.role if self._ticker_role is not None else None
-
     def role(self, name: str, stream: RelayedStream) -> StreamRole:
         return StreamRole(name, stream, self._store, self._bus, self.holder, self._settings,
                           self._events)
 
-    async def start_ticker(self, ticker: Ticker) -> StreamRole:
+    async def start_ticker(self, ticker: Ticker) -> None:
         """Relay ``ticker`` (price and deals of every market) through the cluster."""
         self._bus.start()
         self._ticker = ticker
@@ -70,7 +66,6 @@ class ClusterFanout:
         role.on_tick = self._demand_tick
         await self._bus.listen(self._store.demand_channel, _Nudge(self))
         await role.start(strict=False)
-        return role
 
     async def close(self) -> None:
         if self._ticker_role is not None:
@@ -89,8 +84,7 @@ class ClusterFanout:
         if ticker is None:
             return
         await self._publish_demand(ticker.own_demand)
-        if role is Role.LEADER:
-            await self._follow_demand()
+        await self._follow_demand()  # while leading
 
     async def _follow_demand(self) -> None:
         ticker = self._ticker

@@ -42,7 +42,7 @@ from gateway.core.book_check import BookCheck
 from gateway.core.depth_book import BookSide, DepthView, render_side
 from gateway.core.jsonrpc import JsonValue
 from gateway.core.live_book import BookError, LocalBook, ViewStream
-from gateway.core.relay_order import RelayFormatError
+from gateway.core.relay_order import RelayFormatError, relay_nowhere
 from gateway.fanout.client import Client, DepthKey
 from gateway.fanout.subscriber import Frame, Kind
 from gateway.upstream.feed import DepthFeed, FeedError
@@ -110,7 +110,7 @@ class MarketDepth:
         self._closing: set[asyncio.Task[None]] = set()
         # Where the shared book's changes go while this replica leads the market (the relay);
         # True when it took one.
-        self.relay_out: Callable[[str, JsonValue], bool] = _relay_nowhere
+        self.relay_out: Callable[[str, JsonValue], bool] = relay_nowhere
         # Set while a relayed update is applied: its frames reach this replica's clients later.
         self._delivering_later = False
 
@@ -416,10 +416,6 @@ def _offer(clients: Iterable[Client], frame: Frame, fresh: bool) -> None:
             client.restart(frame)
         else:
             client.push(frame)
-
-
-def _relay_nowhere(kind: str, data: JsonValue) -> bool:
-    return False
 
 
 def _wire(book: LocalBook | None) -> JsonValue:

@@ -154,18 +154,6 @@ class Hub:
             return None
         return json.dumps(view.to_wire()).encode(), depth.age
 
-    def upstream_subscriptions(self) -> dict[str, bool]:
-        """Markets followed (from the exchange, or the relay), and whether each book is live."""
-        return {market: depth.live for market, depth in self._markets.items()}
-
-    def relay_roles(self) -> dict[str, str]:
-        """Each relayed stream's role on this replica (empty without a cluster)."""
-        roles = {name: role.role.value for name, role in self._roles.items() if role.role}
-        ticker = self._cluster.ticker_role if self._cluster is not None else None
-        if ticker is not None:
-            roles["ticker"] = ticker.value
-        return roles
-
     async def _subscribe_depth(self, client: Client, call: DepthCall) -> None:
         key: DepthKey = (call.market, call.limit, call.interval_text)
         self._check_market_count(client, "depth.subscribe", (call.market,))

@@ -34,7 +34,7 @@ import aiohttp
 
 from gateway.core.decimals import Style, parse_decimal, render
 from gateway.core.jsonrpc import JsonValue, encode_notification
-from gateway.core.relay_order import RelayFormatError
+from gateway.core.relay_order import RelayFormatError, relay_nowhere
 from gateway.errors import StoreUnavailable
 from gateway.fanout.client import Client
 from gateway.fanout.subscriber import Frame, Kind
@@ -55,7 +55,7 @@ class Ticker:
         # the state comes from the relay (following) and is whole there.
         self.demand_out: Callable[[Demand], Awaitable[None]] | None = None
         self._cluster = Demand(frozenset(), frozenset())
-        self.relay_out: Callable[[str, JsonValue], bool] = _relay_nowhere
+        self.relay_out: Callable[[str, JsonValue], bool] = relay_nowhere
         self._following = False
         self._relay_whole = False
         self._dirty: set[str] = set()
@@ -323,10 +323,6 @@ class Ticker:
         self._dirty.update(f"d:{market}" for market in self._deals_whole)
         self._price_exact.clear()
         self._deals_whole.clear()
-
-
-def _relay_nowhere(kind: str, data: JsonValue) -> bool:
-    return False
 
 
 def _deal_id(deal: dict[str, JsonValue]) -> int:

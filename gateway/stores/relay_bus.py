@@ -39,11 +39,6 @@ class RelayBus:
         self._reader: asyncio.Task[None] | None = None
         self._up = False
 
-    @property
-    def up(self) -> bool:
-        """Whether the connection is up and confirmed at least one subscription."""
-        return self._up
-
     def start(self) -> None:
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="relay-bus")
 
